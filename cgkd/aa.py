@@ -1,0 +1,254 @@
+"""AA runs: minimise, NPT equilibration, NVT production at the mean NPT volume, forces written to H5MD.
+
+Resumable: every `checkpoint_ps` the H5MD file is flushed and then a checkpoint (a JSON header line and
+an OpenMM context checkpoint) is written atomically beside it. `--resume` loads the checkpoint, drops any
+frames written after it, and continues, so frames are neither lost nor duplicated.
+"""
+import copy
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+from tqdm import tqdm
+
+from . import __version__, config, systems
+from .errors import CgkdError
+from .fileio import atomic_path, check_writable
+from .h5md import H5MDTrajectory, H5MDWriter, create_series
+
+KB = 0.008314462618  # kJ/mol/K
+LOG_COLUMNS = ["stage", "step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "temperature_K",
+               "volume_nm3", "density_g_cm3", "speed_ns_day"]
+
+
+def paths(out):
+    out = Path(out)
+    return out, out.with_name(out.name + ".chk"), out.with_name(out.name + ".log.csv")
+
+
+def write_checkpoint(path, meta, blob):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(json.dumps(meta).encode() + b"\n" + blob)
+
+
+def read_checkpoint(path):
+    data = Path(path).read_bytes()
+    head, _, blob = data.partition(b"\n")
+    try:
+        return json.loads(head), blob
+    except ValueError:
+        raise CgkdError(f"{path}: not a cgkd checkpoint") from None
+
+
+def scale_to_volume(positions, box, topology, volume):
+    """Scale molecule centres (not bonds) and the box isotropically to `volume` nm^3."""
+    s = (volume / np.linalg.det(box)) ** (1.0 / 3.0)
+    new = positions.copy()
+    for res in topology.residues():
+        idx = [a.index for a in res.atoms()]
+        new[idx] += (s - 1.0) * positions[idx].mean(axis=0)
+    return new, box * s
+
+
+class AARun:
+    """One AA run (NPT then NVT), set up from an AAConfig; `run()` executes or resumes it."""
+
+    def __init__(self, cfg):
+        self.out, self.chk, self.log = paths(cfg.out)
+        self.meta = None
+        if cfg.resume:
+            if not self.chk.is_file() or not self.out.is_file():
+                raise CgkdError(f"{self.chk}: no checkpoint to resume {self.out} from")
+            self.meta, self.blob = read_checkpoint(self.chk)
+            saved = config.load(config.AAConfig, **self.meta["config"])
+            # The run is defined by the saved config; only where it runs may change on resume.
+            saved.platform, saved.threads, saved.resume = cfg.platform, cfg.threads, True
+            cfg = saved
+        else:
+            check_writable(self.out, cfg.overwrite)
+            if cfg.pdb is None:
+                raise CgkdError("cgkd aa: --pdb (a box from `cgkd build`) is required")
+        self.cfg = cfg
+        self.spec = systems.load_system(cfg.system, cfg.forcefield)
+        self.T = cfg.temperature or self.spec.temperature
+        self.P = cfg.pressure or self.spec.pressure
+        self.dt = cfg.dt_fs or (4.0 if cfg.hmr else 2.0)
+        self.steps_per_ps = 1000.0 / self.dt
+        self.n_npt = int(round(cfg.npt_ps * self.steps_per_ps))
+        self.n_frames = int(round(cfg.nvt_ps * self.steps_per_ps)) // cfg.stride
+        if cfg.stride < 1 or self.n_frames < 1:
+            raise CgkdError(f"stride {cfg.stride} must be >= 1 and leave >= 1 frame in {cfg.nvt_ps} ps of NVT")
+        self.chk_frames = max(1, int(round(cfg.checkpoint_ps * self.steps_per_ps)) // cfg.stride)
+        self.topology, self.positions = systems.load_box(self.spec, cfg.pdb)
+        self.system = systems.create_system(self.spec, self.topology, cfg.cutoff, cfg.constraints, cfg.hmr)
+        self.masses = systems.masses(self.system)
+        ndof = 3 * self.system.getNumParticles() - self.system.getNumConstraints() - 3
+        self.ke_to_T = 2.0 / (ndof * KB)
+        self.platform = systems.default_platform(cfg.platform)
+
+    def _simulation(self, barostat):
+        system = copy.deepcopy(self.system)  # the barostat stays out of self.system
+        if barostat:
+            baro = openmm.MonteCarloBarostat(self.P * u.bar, self.T * u.kelvin, self.cfg.barostat_interval)
+            baro.setRandomNumberSeed(self.cfg.seed)
+            system.addForce(baro)
+        integ = openmm.LangevinMiddleIntegrator(self.T * u.kelvin, self.cfg.friction / u.picosecond,
+                                                self.dt * u.femtosecond)
+        integ.setRandomNumberSeed(self.cfg.seed)
+        props = systems.platform_properties(self.platform, self.cfg.threads)
+        return app.Simulation(self.topology, system, integ, self.platform, props)
+
+    def _create_file(self):
+        buf = io.StringIO()
+        app.PDBFile.writeFile(self.topology, self.positions * u.nanometer, buf)
+        w = H5MDWriter.create(self.out, self.topology.getNumAtoms(), masses=self.masses,
+                              observables=[("potential_energy", "kJ mol-1")])
+        g = w.cgkd
+        create_series(g, "npt_volume", (), np.float64, "nm3")  # NPT samples: not per production frame
+        g.attrs["config"] = config.to_yaml(self.cfg)
+        g.attrs["seed"] = self.cfg.seed
+        g.attrs["system"] = self.spec.name
+        g.attrs["forcefield"] = self.spec.forcefield.name
+        g.attrs["temperature_K"] = self.T
+        g.attrs["pressure_bar"] = self.P
+        g.attrs["timestep_fs"] = self.dt
+        g.attrs["hmr"] = bool(self.cfg.hmr)
+        g.attrs["hydrogen_mass_amu"] = systems.HMR_HYDROGEN_MASS if self.cfg.hmr else 1.008
+        g.attrs["constraints_rule"] = self.cfg.constraints
+        g.attrs["platform"] = self.platform.getName()
+        g.create_dataset("topology_pdb", data=buf.getvalue())
+        g.create_dataset("constraints", data=systems.constrained_pairs(self.system))
+        atoms = list(self.topology.atoms())
+        g.create_dataset("atom_names", data=[a.name for a in atoms])
+        g.create_dataset("residue_names", data=[a.residue.name for a in atoms])
+        g.create_dataset("residue_ids", data=[a.residue.index for a in atoms])
+        g.create_dataset("elements", data=[a.element.symbol for a in atoms])
+        return w
+
+    def _checkpoint(self, sim, writer, stage, volume=None):
+        writer.file.flush()
+        meta = {"stage": stage, "step": sim.context.getStepCount(), "frames": len(writer),
+                "npt_samples": writer.cgkd["npt_volume/step"].shape[0], "nvt_volume": volume,
+                "config": json.loads(json.dumps(vars(self.cfg))), "cgkd_version": __version__}
+        write_checkpoint(self.chk, meta, sim.context.createCheckpoint())
+        self.meta = meta
+
+    def _log(self, stage, sim, state, t0, steps0):
+        pe = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        ke = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        vol = state.getPeriodicBoxVolume().value_in_unit(u.nanometer ** 3)
+        elapsed = time.perf_counter() - t0
+        speed = (sim.context.getStepCount() - steps0) * self.dt * 1e-6 / (elapsed / 86400) if elapsed > 0 else 0.0
+        row = [stage, sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond), pe, ke,
+               ke * self.ke_to_T, vol, systems.density_g_cm3(self.masses.sum(), vol), speed]
+        with open(self.log, "a") as f:
+            f.write(",".join(str(v) if isinstance(v, str) else f"{v:.6g}" for v in row) + "\n")
+        return pe, vol
+
+    def _trim_log(self, last_step):
+        if not self.log.exists():
+            return
+        rows = self.log.read_text().splitlines()
+        keep = [r for r in rows[1:] if int(float(r.split(",")[1])) <= last_step]
+        self.log.write_text("\n".join([rows[0]] + keep) + "\n")
+
+    def run(self, progress=True):
+        cfg = self.cfg
+        total = self.n_npt + self.n_frames * cfg.stride
+        if self.meta is None:
+            writer = self._create_file()
+            self.log.write_text(",".join(LOG_COLUMNS) + "\n")
+            sim = self._simulation(barostat=True)
+            sim.context.setPositions(self.positions)
+            sim.minimizeEnergy(maxIterations=cfg.minimize_iterations)
+            sim.context.setVelocitiesToTemperature(self.T * u.kelvin, cfg.seed)
+            stage, volume = "npt", None
+            self._checkpoint(sim, writer, stage)
+        else:
+            stage, volume = self.meta["stage"], self.meta["nvt_volume"]
+            writer = H5MDWriter(self.out)
+            writer.truncate(self.meta["frames"])
+            obs = writer.cgkd["npt_volume"]
+            for key in ("step", "time", "value"):
+                obs[key].resize(self.meta["npt_samples"], axis=0)
+            self._trim_log(self.meta["step"])
+            sim = self._simulation(barostat=stage == "npt")
+            sim.context.loadCheckpoint(self.blob)
+        bar = tqdm(total=total, initial=sim.context.getStepCount(), unit="step", disable=not progress,
+                   desc=f"cgkd aa {self.spec.name}")
+        t0, steps0 = time.perf_counter(), sim.context.getStepCount()
+        try:
+            if stage == "npt":
+                volume = self._npt(sim, writer, bar, t0, steps0)
+                sim = self._to_nvt(sim, volume)
+                stage = "nvt"
+                self._checkpoint(sim, writer, stage, volume)
+            self._nvt(sim, writer, bar, t0, steps0, volume)
+        finally:
+            bar.close()
+            writer.close()
+        return self.summary()
+
+    def _npt(self, sim, writer, bar, t0, steps0):
+        obs = writer.cgkd["npt_volume"]
+        while sim.context.getStepCount() < self.n_npt:
+            n = min(self.cfg.stride, self.n_npt - sim.context.getStepCount())
+            sim.step(n)
+            bar.update(n)
+            state = sim.context.getState(getEnergy=True)
+            _, vol = self._log("npt", sim, state, t0, steps0)
+            writer.append_series(obs, sim.context.getStepCount(),
+                                 state.getTime().value_in_unit(u.picosecond), vol)
+            if obs["step"].shape[0] % self.chk_frames == 0:
+                self._checkpoint(sim, writer, "npt")
+        vols = obs["value"][:]
+        if len(vols) == 0:
+            return sim.context.getState().getPeriodicBoxVolume().value_in_unit(u.nanometer ** 3)
+        return float(vols[int(len(vols) * self.cfg.volume_discard):].mean())
+
+    def _to_nvt(self, sim, volume):
+        state = sim.context.getState(getPositions=True, getVelocities=True)
+        pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
+        pos, box = scale_to_volume(pos, box, self.topology, volume)
+        nvt = self._simulation(barostat=False)
+        nvt.context.setPeriodicBoxVectors(*box)
+        nvt.context.setPositions(pos)
+        nvt.context.applyConstraints(1e-8)
+        nvt.context.setVelocities(state.getVelocities())
+        nvt.context.setTime(state.getTime())
+        nvt.context.setStepCount(sim.context.getStepCount())
+        return nvt
+
+    def _nvt(self, sim, writer, bar, t0, steps0, volume):
+        while len(writer) < self.n_frames:
+            sim.step(self.cfg.stride)
+            bar.update(self.cfg.stride)
+            state = sim.context.getState(getPositions=True, getForces=True, getEnergy=True)
+            pe, _ = self._log("nvt", sim, state, t0, steps0)
+            writer.append(sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond),
+                          state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
+                          observables={"potential_energy": pe},
+                          position=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
+                          force=state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
+            if len(writer) % self.chk_frames == 0 or len(writer) == self.n_frames:
+                self._checkpoint(sim, writer, "nvt", volume)
+
+    def summary(self):
+        with H5MDTrajectory(self.out) as traj:
+            n = len(traj)
+            vols = traj.cgkd["npt_volume/value"][:]
+        disc = vols[int(len(vols) * self.cfg.volume_discard):]
+        return {"out": str(self.out), "frames": n, "atoms": self.topology.getNumAtoms(),
+                "nvt_volume_nm3": self.meta["nvt_volume"],
+                "npt_density_g_cm3": float(systems.density_g_cm3(self.masses.sum(), disc).mean()) if len(disc) else None,
+                "experiment_density_g_cm3": self.spec.density, "timestep_fs": self.dt, "hmr": bool(self.cfg.hmr)}
+
+
+def run_aa(cfg, progress=True):
+    return AARun(cfg).run(progress=progress)

@@ -1,0 +1,74 @@
+"""Stage configs: dataclasses with defaults in code, read from YAML; every CLI flag is also a YAML key."""
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .errors import CgkdError
+
+
+@dataclass
+class BuildConfig:
+    system: str = "ethaline"          # name under systems/, or a folder with system.yaml
+    units: int = 50                   # formula units (ethaline: 1 choline + 1 chloride + 2 ethylene glycol)
+    out: Optional[str] = None         # box PDB; default <system>_<units>.pdb
+    forcefield: Optional[str] = None  # override the system's force-field file
+    cutoff: float = 1.0               # nm; the box edge must be at least twice the cutoff you will run with
+    seed: int = 1                     # packmol seed
+    overwrite: bool = False
+
+
+@dataclass
+class AAConfig:
+    system: str = "ethaline"
+    pdb: Optional[str] = None         # box PDB from `cgkd build`
+    out: str = "aa.h5"                # production H5MD; checkpoint <out>.chk, log <out>.log.csv beside it
+    forcefield: Optional[str] = None
+    npt_ps: float = 200.0             # NPT equilibration (MonteCarloBarostat)
+    nvt_ps: float = 1000.0            # NVT production at the mean NPT volume
+    stride: int = 500                 # steps between frames written (positions, forces, box, energy)
+    dt_fs: Optional[float] = None     # default 2 fs, or 4 fs with hmr
+    hmr: bool = False                 # hydrogen mass repartitioning (H = 3.024 amu); masses recorded in the file
+    temperature: Optional[float] = None  # K, default: the system's
+    pressure: Optional[float] = None     # bar, default: the system's
+    friction: float = 1.0             # 1/ps, LangevinMiddleIntegrator
+    cutoff: float = 1.0               # nm, PME real space and LJ (with dispersion correction)
+    constraints: str = "HBonds"       # none | HBonds | AllBonds | HAngles
+    barostat_interval: int = 25       # steps between Monte Carlo volume moves
+    volume_discard: float = 0.5       # leading fraction of NPT samples left out of the mean volume
+    minimize_iterations: int = 1000   # 0: until converged
+    platform: Optional[str] = None    # CUDA when present, else CPU
+    threads: Optional[int] = None     # CPU platform threads
+    seed: int = 1
+    checkpoint_ps: float = 10.0       # simulated time between checkpoints
+    resume: bool = False
+    overwrite: bool = False
+
+
+def load(cls, path=None, **overrides):
+    """Defaults <- YAML file <- overrides that are not None. Unknown YAML keys are errors."""
+    values = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise CgkdError(f"{p}: config file does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise CgkdError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise CgkdError(f"{p}: expected a mapping of keys to values")
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            k = key.replace("-", "_")
+            if k not in names:
+                raise CgkdError(f"{p}: unknown key '{key}' (known: {', '.join(sorted(names))})")
+            values[k] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def to_yaml(cfg):
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

@@ -1,0 +1,190 @@
+"""H5MD trajectories (h5md.nongnu.org, v1.1): positions, forces, box, time and energies, plus a /cgkd group.
+
+Layout written by `H5MDWriter` (all time series share step/time; datasets are chunked and resizable,
+and the file is flushed at every frame, so it is always valid and readable by MDAnalysis):
+
+    /h5md                             version [1, 1]; author, creator (cgkd + version)
+    /particles/<group>/position       {step, time, value (frames, n, 3) nm}
+    /particles/<group>/force          {step, time, value (frames, n, 3) kJ mol-1 nm-1}
+    /particles/<group>/box            dimension 3, boundary periodic; edges {step, time, value (frames, 3, 3) nm}
+    /particles/<group>/mass           (n,) amu (masses used by the integrator)
+    /observables/<name>               {step, time, value (frames,)}, e.g. potential_energy in kJ mol-1
+    /cgkd                             attrs: version, config (YAML), ...; datasets: topology, constraints, ...
+"""
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import CgkdError
+
+UNITS = {"position": "nm", "force": "kJ mol-1 nm-1", "velocity": "nm ps-1", "edges": "nm"}
+
+
+def create_series(parent, name, shape, dtype, unit=None, compression=None):
+    g = parent.create_group(name)
+    g.create_dataset("step", (0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
+    g.create_dataset("time", (0,), maxshape=(None,), dtype=np.float64, chunks=(1024,)).attrs["unit"] = "ps"
+    chunk = (1,) + tuple(shape) if shape else (1024,)
+    v = g.create_dataset("value", (0,) + tuple(shape), maxshape=(None,) + tuple(shape), dtype=dtype,
+                         chunks=chunk, compression=compression)
+    if unit:
+        v.attrs["unit"] = unit
+    return g
+
+
+class H5MDWriter:
+    """Append frames to an H5MD file; `truncate(n)` drops frames beyond n (used on resume)."""
+
+    def __init__(self, path, group="all"):
+        self.path = Path(path)
+        self.file = h5py.File(self.path, "a")
+        self.group = group
+
+    @classmethod
+    def create(cls, path, n_particles, group="all", fields=("position", "force"), observables=(),
+               masses=None, dtype=None, compression=None, author="cgkd"):
+        """Create a new file (the caller handles overwrite checks) with empty time series.
+
+        dtype maps field -> numpy dtype; default float64 positions (exact finite-difference checks and
+        mapping) and float32 forces (mapped labels are far noisier than float32 rounding)."""
+        dtype = {"position": np.float64, "force": np.float32, "velocity": np.float32, **(dtype or {})}
+        with h5py.File(path, "w") as f:
+            h = f.create_group("h5md")
+            h.attrs["version"] = np.array([1, 1])
+            h.create_group("author").attrs["name"] = author
+            c = h.create_group("creator")
+            c.attrs["name"] = "cgkd"
+            c.attrs["version"] = __version__
+            p = f.create_group("particles").create_group(group)
+            for field in fields:
+                create_series(p, field, (n_particles, 3), dtype[field], UNITS[field], compression)
+            box = p.create_group("box")
+            box.attrs["dimension"] = 3
+            box.attrs["boundary"] = np.array([b"periodic"] * 3)
+            create_series(box, "edges", (3, 3), np.float64, UNITS["edges"])
+            if masses is not None:
+                p.create_dataset("mass", data=np.asarray(masses, dtype=np.float64)).attrs["unit"] = "amu"
+            obs = f.create_group("observables")
+            for name, unit in observables:
+                create_series(obs, name, (), np.float64, unit)
+            f.create_group("cgkd").attrs["version"] = __version__
+        return cls(path, group)
+
+    @property
+    def particles(self):
+        return self.file["particles"][self.group]
+
+    @property
+    def cgkd(self):
+        return self.file["cgkd"]
+
+    def __len__(self):
+        return self.particles["box/edges/step"].shape[0]
+
+    def append_series(self, g, step, time, value):
+        """Append one (step, time, value) entry to the time-series group g."""
+        n = g["step"].shape[0]
+        for key, v in (("step", step), ("time", time), ("value", value)):
+            g[key].resize(n + 1, axis=0)
+            g[key][n] = v
+
+    def append(self, step, time, box, observables=None, **fields):
+        """Add one frame: box (3, 3) nm and each field given (position=..., force=...) plus observables."""
+        for name, value in fields.items():
+            self.append_series(self.particles[name], step, time, value)
+        self.append_series(self.particles["box/edges"], step, time, box)
+        for name, value in (observables or {}).items():
+            self.append_series(self.file["observables"][name], step, time, value)
+        self.file.flush()
+
+    def truncate(self, n_frames):
+        """Keep the first n_frames frames of every time series (all series share the same frame count)."""
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] in ("step", "time", "value") \
+                    and obj.maxshape[0] is None and obj.shape[0] > n_frames:
+                obj.resize(n_frames, axis=0)
+
+        self.file.visititems(visit)
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class H5MDTrajectory:
+    """Read access to an H5MD file; arrays are loaded lazily by frame slices."""
+
+    def __init__(self, path, group=None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CgkdError(f"{self.path}: trajectory file does not exist")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as e:
+            raise CgkdError(f"{self.path}: not a readable HDF5/H5MD file ({e})") from None
+        if "particles" not in self.file or not len(self.file["particles"]):
+            raise CgkdError(f"{self.path}: no /particles group, not an H5MD trajectory")
+        self.group = group or next(iter(self.file["particles"]))
+        if self.group not in self.file["particles"]:
+            raise CgkdError(f"{self.path}: no particle group '{self.group}'")
+        self.particles = self.file["particles"][self.group]
+
+    def has(self, field):
+        return field in self.particles
+
+    def _value(self, name, frames=slice(None)):
+        if name not in self.particles:
+            raise CgkdError(f"{self.path}: no /particles/{self.group}/{name} in this file")
+        return self.particles[name]["value"][frames]
+
+    def __len__(self):
+        return self.particles["box/edges/step"].shape[0]
+
+    @property
+    def n_particles(self):
+        return self.particles["position/value"].shape[1]
+
+    def positions(self, frames=slice(None)):
+        return self._value("position", frames)
+
+    def forces(self, frames=slice(None)):
+        return self._value("force", frames)
+
+    def boxes(self, frames=slice(None)):
+        return self.particles["box/edges/value"][frames]
+
+    def times(self):
+        return self.particles["box/edges/time"][:]
+
+    def steps(self):
+        return self.particles["box/edges/step"][:]
+
+    def masses(self):
+        return self.particles["mass"][:] if "mass" in self.particles else None
+
+    def observable(self, name):
+        if "observables" not in self.file or name not in self.file["observables"]:
+            raise CgkdError(f"{self.path}: no /observables/{name} in this file")
+        return self.file["observables"][name]["value"][:]
+
+    @property
+    def cgkd(self):
+        return self.file["cgkd"] if "cgkd" in self.file else {}
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
