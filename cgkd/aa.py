@@ -90,6 +90,7 @@ class AARun:
         ndof = 3 * self.system.getNumParticles() - self.system.getNumConstraints() - 3
         self.ke_to_T = 2.0 / (ndof * KB)
         self.platform = systems.default_platform(cfg.platform)
+        self._t0, self._steps0 = time.perf_counter(), 0
 
     def _simulation(self, barostat):
         system = copy.deepcopy(self.system)  # the barostat stays out of self.system
@@ -138,12 +139,12 @@ class AARun:
         write_checkpoint(self.chk, meta, sim.context.createCheckpoint())
         self.meta = meta
 
-    def _log(self, stage, sim, state, t0, steps0):
+    def _log(self, stage, sim, state):
         pe = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
         ke = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
         vol = state.getPeriodicBoxVolume().value_in_unit(u.nanometer ** 3)
-        elapsed = time.perf_counter() - t0
-        speed = (sim.context.getStepCount() - steps0) * self.dt * 1e-6 / (elapsed / 86400) if elapsed > 0 else 0.0
+        elapsed = time.perf_counter() - self._t0
+        speed = (sim.context.getStepCount() - self._steps0) * self.dt * 1e-6 / (elapsed / 86400) if elapsed > 0 else 0.0
         row = [stage, sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond), pe, ke,
                ke * self.ke_to_T, vol, systems.density_g_cm3(self.masses.sum(), vol), speed]
         with open(self.log, "a") as f:
@@ -181,27 +182,27 @@ class AARun:
             sim.context.loadCheckpoint(self.blob)
         bar = tqdm(total=total, initial=sim.context.getStepCount(), unit="step", disable=not progress,
                    desc=f"cgkd aa {self.spec.name}")
-        t0, steps0 = time.perf_counter(), sim.context.getStepCount()
+        self._t0, self._steps0 = time.perf_counter(), sim.context.getStepCount()
         try:
             if stage == "npt":
-                volume = self._npt(sim, writer, bar, t0, steps0)
+                volume = self._npt(sim, writer, bar)
                 sim = self._to_nvt(sim, volume)
                 stage = "nvt"
                 self._checkpoint(sim, writer, stage, volume)
-            self._nvt(sim, writer, bar, t0, steps0, volume)
+            self._nvt(sim, writer, bar, volume)
         finally:
             bar.close()
             writer.close()
         return self.summary()
 
-    def _npt(self, sim, writer, bar, t0, steps0):
+    def _npt(self, sim, writer, bar):
         obs = writer.cgkd["npt_volume"]
         while sim.context.getStepCount() < self.n_npt:
             n = min(self.cfg.stride, self.n_npt - sim.context.getStepCount())
             sim.step(n)
             bar.update(n)
             state = sim.context.getState(getEnergy=True)
-            _, vol = self._log("npt", sim, state, t0, steps0)
+            _, vol = self._log("npt", sim, state)
             writer.append_series(obs, sim.context.getStepCount(),
                                  state.getTime().value_in_unit(u.picosecond), vol)
             if obs["step"].shape[0] % self.chk_frames == 0:
@@ -225,19 +226,23 @@ class AARun:
         nvt.context.setStepCount(sim.context.getStepCount())
         return nvt
 
-    def _nvt(self, sim, writer, bar, t0, steps0, volume):
+    def _nvt(self, sim, writer, bar, volume):
         while len(writer) < self.n_frames:
             sim.step(self.cfg.stride)
             bar.update(self.cfg.stride)
-            state = sim.context.getState(getPositions=True, getForces=True, getEnergy=True)
-            pe, _ = self._log("nvt", sim, state, t0, steps0)
-            writer.append(sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond),
-                          state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
-                          observables={"potential_energy": pe},
-                          position=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
-                          force=state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
+            self.write_frame(sim, writer)
             if len(writer) % self.chk_frames == 0 or len(writer) == self.n_frames:
                 self._checkpoint(sim, writer, "nvt", volume)
+
+    def write_frame(self, sim, writer):
+        """Append the current positions, forces, box and potential energy to the file and the log."""
+        state = sim.context.getState(getPositions=True, getForces=True, getEnergy=True)
+        pe, _ = self._log("nvt", sim, state)
+        writer.append(sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond),
+                      state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
+                      observables={"potential_energy": pe},
+                      position=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
+                      force=state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
 
     def summary(self):
         with H5MDTrajectory(self.out) as traj:
