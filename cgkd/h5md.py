@@ -83,21 +83,31 @@ class H5MDWriter:
     def __len__(self):
         return self.particles["box/edges/step"].shape[0]
 
+    def extend_series(self, g, steps, times, values):
+        """Append a block of entries (steps (k,), times (k,), values (k, ...)) to the time-series group g."""
+        n, k = g["step"].shape[0], len(steps)
+        for key, v in (("step", steps), ("time", times), ("value", values)):
+            g[key].resize(n + k, axis=0)
+            g[key][n:n + k] = v
+
     def append_series(self, g, step, time, value):
         """Append one (step, time, value) entry to the time-series group g."""
-        n = g["step"].shape[0]
-        for key, v in (("step", step), ("time", time), ("value", value)):
-            g[key].resize(n + 1, axis=0)
-            g[key][n] = v
+        self.extend_series(g, [step], [time], np.asarray(value)[None])
+
+    def extend(self, steps, times, boxes, observables=None, **fields):
+        """Add a block of frames: boxes (k, 3, 3) nm, each field (k, n, 3) given by name, observables (k,)."""
+        for name, value in fields.items():
+            self.extend_series(self.particles[name], steps, times, value)
+        self.extend_series(self.particles["box/edges"], steps, times, boxes)
+        for name, value in (observables or {}).items():
+            self.extend_series(self.file["observables"][name], steps, times, value)
+        self.file.flush()
 
     def append(self, step, time, box, observables=None, **fields):
         """Add one frame: box (3, 3) nm and each field given (position=..., force=...) plus observables."""
-        for name, value in fields.items():
-            self.append_series(self.particles[name], step, time, value)
-        self.append_series(self.particles["box/edges"], step, time, box)
-        for name, value in (observables or {}).items():
-            self.append_series(self.file["observables"][name], step, time, value)
-        self.file.flush()
+        self.extend([step], [time], np.asarray(box)[None],
+                    {k: [v] for k, v in (observables or {}).items()},
+                    **{k: np.asarray(v)[None] for k, v in fields.items()})
 
     def truncate(self, n_frames):
         """Keep the first n_frames frames of every time series (all series share the same frame count)."""

@@ -1,0 +1,264 @@
+"""Mapping specs (YAML), sparse position/force operators, PBC unwrapping and statistically optimal force maps.
+
+A mapping file lists, per residue, its beads (name, type, member atoms, position weights) and the force
+map of that residue (`sum`, or `optimal`: Krämer et al., JCTC 2023, "aggforce"):
+
+    residues:
+      CHO:
+        force_map: sum               # or optimal
+        beads:
+          - {name: HEAD, type: NME, atoms: [N, C3, C4, C5, ...], weights: mass}
+          - {name: TAIL, type: OHE, atoms: [C1, H11, ...], weights: geometry}   # or a list of numbers
+      CL:
+        beads: [{name: CL, type: CL, atoms: all}]
+
+Positions map with M (n_beads x n_atoms, rows sum to 1) after unwrapping each molecule to the minimum
+image of its first atom; forces map with W. `sum` adds the atomic forces of each bead. `optimal` is the
+force map of least mean-square mapped force among those that give correct mean forces (W M^T = I, equal
+weights across constrained atoms so constraint forces cancel), fitted on the copies of each residue.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import yaml
+
+from .errors import CgkdError
+
+WEIGHT_KINDS = ("mass", "geometry")
+FORCE_MAPS = ("sum", "optimal")
+
+
+@dataclass
+class BeadSpec:
+    name: str
+    type: str
+    atoms: list          # atom names, or ["all"]
+    weights: object = "mass"
+
+
+@dataclass
+class ResidueMap:
+    beads: list
+    force_map: str = "sum"
+
+
+@dataclass
+class MappingSpec:
+    residues: dict
+    path: Path = None
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path):
+        path = Path(path)
+        if not path.is_file():
+            raise CgkdError(f"{path}: mapping file does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise CgkdError(f"{path}: not valid YAML ({e})") from None
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data, path="<mapping>"):
+        if not isinstance(data.get("residues"), dict) or not data["residues"]:
+            raise CgkdError(f"{path}: expected 'residues:' mapping residue names to their beads")
+        residues = {}
+        for res, body in data["residues"].items():
+            where = f"{path}: residues.{res}"
+            if not isinstance(body, dict) or not isinstance(body.get("beads"), list) or not body["beads"]:
+                raise CgkdError(f"{where}: expected 'beads:' with at least one bead")
+            fmap = body.get("force_map", "sum")
+            if fmap not in FORCE_MAPS:
+                raise CgkdError(f"{where}.force_map: expected one of {FORCE_MAPS}, got {fmap!r}")
+            beads = []
+            for i, b in enumerate(body["beads"]):
+                for key in ("name", "type", "atoms"):
+                    if key not in b:
+                        raise CgkdError(f"{where}.beads[{i}]: missing '{key}'")
+                atoms = ["all"] if b["atoms"] == "all" else [str(a) for a in b["atoms"]]
+                w = b.get("weights", "mass")
+                if isinstance(w, str) and w not in WEIGHT_KINDS:
+                    raise CgkdError(f"{where}.beads[{i}].weights: expected mass, geometry or numbers, got {w!r}")
+                if not isinstance(w, str):
+                    w = [float(x) for x in w]
+                    if len(w) != len(atoms) or sum(w) <= 0 or min(w) < 0:
+                        raise CgkdError(f"{where}.beads[{i}].weights: need {len(atoms)} non-negative numbers "
+                                        f"with a positive sum, got {w}")
+                beads.append(BeadSpec(str(b["name"]), str(b["type"]), atoms, w))
+            residues[str(res)] = ResidueMap(beads, fmap)
+        return cls(residues, Path(str(path)), data)
+
+
+@dataclass
+class Operators:
+    """Sparse maps and the per-bead tables of one topology."""
+    M: sp.csr_matrix            # positions: (n_beads, n_atoms)
+    W: sp.csr_matrix            # forces: (n_beads, n_atoms)
+    ref_atom: np.ndarray        # (n_atoms,) index of the unwrapping reference atom of each atom's molecule
+    bead_names: list
+    bead_types: list
+    bead_masses: np.ndarray
+    bead_residues: np.ndarray   # residue index of each bead
+    residue_names: list         # per bead
+
+
+def build_operators(spec, atom_names, residue_names, residue_ids, masses, constraints=(), where="trajectory"):
+    """Validate `spec` against a topology given per atom, and return the mapping operators.
+
+    Every atom must belong to exactly one bead; a constrained pair must not cross two beads."""
+    atom_names = [str(a) for a in atom_names]
+    residue_names = [str(r) for r in residue_names]
+    residue_ids = np.asarray(residue_ids)
+    masses = np.asarray(masses, dtype=np.float64)
+    n_atoms = len(atom_names)
+    bead_of_atom = np.full(n_atoms, -1)
+    rows, cols, vals = [], [], []
+    names, types, bmass, bres, rnames = [], [], [], [], []
+    ref_atom = np.zeros(n_atoms, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, residue_ids[1:] != residue_ids[:-1]])
+    ends = np.r_[starts[1:], n_atoms]
+    for s, e in zip(starts, ends):
+        res = residue_names[s]
+        if res not in spec.residues:
+            raise CgkdError(f"{spec.path}: no mapping for residue {res} (atoms {s}-{e - 1} of {where})")
+        ref_atom[s:e] = s
+        index = {atom_names[a]: a for a in range(s, e)}
+        for bead in spec.residues[res].beads:
+            members = list(range(s, e)) if bead.atoms == ["all"] else []
+            for name in ([] if bead.atoms == ["all"] else bead.atoms):
+                if name not in index:
+                    raise CgkdError(f"{spec.path}: residues.{res} bead {bead.name}: no atom '{name}' in residue "
+                                    f"{res} (has {sorted(index)})")
+                members.append(index[name])
+            taken = [atom_names[a] for a in members if bead_of_atom[a] >= 0]
+            if taken:
+                raise CgkdError(f"{spec.path}: residues.{res}: atoms {taken} are in more than one bead")
+            if isinstance(bead.weights, list):
+                w = np.array(bead.weights)
+            else:
+                w = masses[members] if bead.weights == "mass" else np.ones(len(members))
+            bead_of_atom[members] = len(names)
+            rows += [len(names)] * len(members)
+            cols += members
+            vals += list(w / w.sum())
+            names.append(bead.name)
+            types.append(bead.type)
+            bmass.append(masses[members].sum())
+            bres.append(residue_ids[s])
+            rnames.append(res)
+        missing = [atom_names[a] for a in range(s, e) if bead_of_atom[a] < 0]
+        if missing:
+            raise CgkdError(f"{spec.path}: residues.{res}: atoms {missing} are in no bead")
+    for a, b in np.asarray(constraints, dtype=np.int64).reshape(-1, 2):
+        if bead_of_atom[a] != bead_of_atom[b]:
+            raise CgkdError(f"{spec.path}: constrained atoms {atom_names[a]} ({a}) and {atom_names[b]} ({b}) of "
+                            f"residue {residue_names[a]} are in different beads ({names[bead_of_atom[a]]}, "
+                            f"{names[bead_of_atom[b]]}); their constraint forces would not cancel")
+    shape = (len(names), n_atoms)
+    M = sp.csr_matrix((vals, (rows, cols)), shape=shape)
+    W = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
+    return Operators(M, W, ref_atom, names, types, np.array(bmass), np.array(bres), rnames)
+
+
+def unwrap(positions, boxes, ref_atom):
+    """Move every atom to the minimum image of its molecule's reference atom. positions (f, n, 3), boxes
+    (f, 3, 3) with box vectors as rows (triclinic allowed)."""
+    d = positions - positions[:, ref_atom]
+    inv = np.linalg.inv(boxes)
+    frac = np.einsum("fnk,fkj->fnj", d, inv)
+    frac -= np.round(frac)
+    return positions[:, ref_atom] + np.einsum("fnk,fkj->fnj", frac, boxes)
+
+
+def wrap(positions, boxes):
+    """Wrap positions into the primary cell [0, 1) in fractional coordinates."""
+    inv = np.linalg.inv(boxes)
+    frac = np.einsum("fnk,fkj->fnj", positions, inv)
+    frac -= np.floor(frac)
+    return np.einsum("fnk,fkj->fnj", frac, boxes)
+
+
+def apply(op, matrix, x):
+    """Apply a sparse (n_beads, n_atoms) operator to a frame block x (f, n_atoms, 3) -> (f, n_beads, 3)."""
+    f, n, _ = x.shape
+    flat = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(n, f * 3)
+    return np.asarray(matrix @ flat).reshape(-1, f, 3).transpose(1, 0, 2)
+
+
+def map_block(op, positions, forces, boxes):
+    """Bead positions (wrapped into the box) and mapped forces of a block of frames."""
+    R = wrap(apply(op, op.M, unwrap(positions, boxes, op.ref_atom)), boxes)
+    F = apply(op, op.W, forces) if forces is not None else None
+    return R, F
+
+
+def optimal_force_weights(M, second_moment, groups):
+    """Least mean-square force map of one molecule under W M^T = I with equal weights inside each group.
+
+    M: (b, a) position map of the molecule; second_moment: (a, a) E[f_a . f_b]; groups: (g, a) 0/1
+    matrix joining atoms linked by constraints. Returns W (b, a)."""
+    K = M @ groups.T                       # (b, g)
+    S = groups @ second_moment @ groups.T  # (g, g)
+    S_inv = np.linalg.pinv(S, hermitian=True)
+    V = np.linalg.solve(K @ S_inv @ K.T, K @ S_inv)
+    return V @ groups
+
+
+def constraint_groups(n_atoms, pairs):
+    """(g, n) 0/1 matrix of connected components of the constraint graph (singletons included)."""
+    graph = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n_atoms, n_atoms)) \
+        if len(pairs) else sp.coo_matrix((n_atoms, n_atoms))
+    n, labels = sp.csgraph.connected_components(graph, directed=False)
+    G = np.zeros((n, n_atoms))
+    G[labels, np.arange(n_atoms)] = 1.0
+    return G
+
+
+def residue_copies(op, residue_names, residue_ids):
+    """{residue name: (copies, atoms per copy) index array} for the residues of a topology."""
+    residue_ids = np.asarray(residue_ids)
+    starts = np.flatnonzero(np.r_[True, residue_ids[1:] != residue_ids[:-1]])
+    ends = np.r_[starts[1:], len(residue_ids)]
+    out = {}
+    for s, e in zip(starts, ends):
+        out.setdefault(str(residue_names[s]), []).append(np.arange(s, e))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def fit_optimal(op, spec, residue_names, residue_ids, constraints, force_blocks):
+    """Replace the force rows of every residue whose map is `optimal` by the fitted optimal map.
+
+    force_blocks: an iterable of (f, n_atoms, 3) force arrays (streamed). Returns {residue: stats}."""
+    copies = {r: c for r, c in residue_copies(op, residue_names, residue_ids).items()
+              if spec.residues[r].force_map == "optimal"}
+    if not copies:
+        return {}
+    moments = {r: np.zeros((c.shape[1], c.shape[1])) for r, c in copies.items()}
+    counts = dict.fromkeys(copies, 0)
+    for block in force_blocks:
+        for r, c in copies.items():
+            f = block[:, c]  # (frames, copies, atoms, 3)
+            moments[r] += np.einsum("fcai,fcbi->ab", f, f, optimize=True)
+            counts[r] += f.shape[0] * f.shape[1] * 3
+    pairs = np.asarray(constraints, dtype=np.int64).reshape(-1, 2)
+    residue_ids = np.asarray(residue_ids)
+    W = op.W.tolil()
+    stats = {}
+    for r, c in copies.items():
+        first = c[0]
+        beads = np.flatnonzero(op.bead_residues == residue_ids[first[0]])
+        inside = pairs[np.isin(pairs, first).all(axis=1)] - first[0]
+        S = moments[r] / counts[r]
+        w = optimal_force_weights(op.M[beads][:, first].toarray(), S, constraint_groups(len(first), inside))
+        w_sum = op.W[beads][:, first].toarray()
+        stats[r] = {"mean_square_force_sum": float(np.einsum("ba,ac,bc->", w_sum, S, w_sum) / len(beads)),
+                    "mean_square_force_optimal": float(np.einsum("ba,ac,bc->", w, S, w) / len(beads))}
+        for atoms in c:
+            rows = np.flatnonzero(op.bead_residues == residue_ids[atoms[0]])
+            for i, row in enumerate(rows):
+                W.rows[row], W.data[row] = list(atoms), list(w[i])
+    op.W = W.tocsr()
+    return stats
