@@ -28,6 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "aa_density.json"
 CASES = {  # case -> (system, force-field file)
     "ethaline": ("ethaline", "opls_des.xml"),
     "ethaline_eg1.75": ("ethaline", "opls_des_eg1.75.xml"),
+    "ethaline_eg1.75_no14": ("ethaline", "opls_des_eg1.75_no14.xml"),
     "reline": ("reline", "opls_des.xml"),
 }
 

@@ -129,6 +129,8 @@ class AARun:
         g.create_dataset("residue_names", data=[a.residue.name for a in atoms])
         g.create_dataset("residue_ids", data=[a.residue.index for a in atoms])
         g.create_dataset("elements", data=[a.element.symbol for a in atoms])
+        # Physical masses (the mapping's centres of mass); /particles/all/mass holds the integrator's (HMR).
+        g.create_dataset("atom_masses", data=systems.atom_masses(self.spec, self.topology))
         return w
 
     def _checkpoint(self, sim, writer, stage, volume=None):

@@ -12,8 +12,26 @@ from .errors import CgkdError
 HELP = {
     "build": "pack an AA box of a DES with packmol at its experimental density",
     "aa": "AA MD with forces: minimise, NPT equilibrate, NVT production to H5MD (resumable)",
+    "map": "map an AA trajectory with forces to a CG dataset (bead positions, mapped forces) in H5MD",
     "demo": "run the pipeline at demo scale (currently: build + a short AA run)",
 }
+
+
+MAP_FORMAT = """mapping YAML (systems/<name>/mapping.yaml):
+
+  residues:
+    CHO:                          # residue name in the AA topology
+      force_map: sum              # sum (default) or optimal (least-noise map, Kramer et al. 2023)
+      beads:
+        - name: HEAD              # bead name
+          type: NME               # bead type (what the CG model sees)
+          atoms: [N, C3, C4, C5, H31, H32, H33, H41, H42, H43, H51, H52, H53]   # or: all
+          weights: mass           # mass (default), geometry, or one number per atom
+        - {name: TAIL, type: OHE, atoms: [C1, H11, H12, C2, H21, H22, O, HO]}
+    CL:
+      beads: [{name: CL, type: CL, atoms: all}]
+
+Every atom must be in exactly one bead, and a constrained pair may not cross two beads."""
 
 
 def _add_config_flags(p, cls, skip=()):
@@ -57,6 +75,19 @@ def cmd_aa(args):
     print(json.dumps(summary, indent=2))
 
 
+def cmd_map(args):
+    from . import mapping, readers, systems
+
+    cfg = _config(config.MapConfig, args)
+    if cfg.traj is None:
+        raise CgkdError("cgkd map: --traj (an AA trajectory with forces) is required")
+    spec_path = cfg.mapping or systems.load_system(cfg.system).path / "mapping.yaml"
+    spec = mapping.MappingSpec.load(spec_path)
+    reader = readers.open_trajectory(cfg.traj, cfg.topology, cfg.format, cfg.lammps_units, cfg.constraints)
+    summary = mapping.map_trajectory(reader, spec, cfg.out, cfg.chunk, cfg.overwrite, config_text=config.to_yaml(cfg))
+    print(json.dumps(summary, indent=2))
+
+
 def cmd_demo(args):
     from . import systems
     from .aa import run_aa
@@ -86,6 +117,10 @@ def parser():
     a = sub.add_parser("aa", help=HELP["aa"], description=HELP["aa"])
     _add_config_flags(a, config.AAConfig)
     a.set_defaults(func=cmd_aa)
+    m = sub.add_parser("map", help=HELP["map"], description=HELP["map"] + "\n\n" + MAP_FORMAT,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_flags(m, config.MapConfig)
+    m.set_defaults(func=cmd_map)
     d = sub.add_parser("demo", help=HELP["demo"], description=HELP["demo"])
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--npt-ps", type=float, default=20.0)

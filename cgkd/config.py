@@ -47,6 +47,20 @@ class AAConfig:
     overwrite: bool = False
 
 
+@dataclass
+class MapConfig:
+    traj: Optional[str] = None        # AA trajectory with forces: cgkd H5MD, TRR, LAMMPS dump or extended XYZ
+    topology: Optional[str] = None    # GRO/PDB/TPR/DATA for non-H5MD input (atom count and order are checked)
+    format: Optional[str] = None      # h5md | trr | lammpsdump | xyz (default: from the suffix)
+    lammps_units: str = "real"        # LAMMPS dump units: real (kcal/mol/A) or metal (eV/A)
+    constraints: str = "none"         # non-H5MD input: none | hbonds (H5MD records its own constrained pairs)
+    system: str = "ethaline"          # default mapping: systems/<system>/mapping.yaml
+    mapping: Optional[str] = None     # mapping YAML (see `cgkd map --help`)
+    out: str = "cg.h5"                # CG dataset (H5MD, float32, gzip); CG topology PDB beside it
+    chunk: int = 256                  # frames per block (bounded memory)
+    overwrite: bool = False
+
+
 def load(cls, path=None, **overrides):
     """Defaults <- YAML file <- overrides that are not None. Unknown YAML keys are errors."""
     values = {}

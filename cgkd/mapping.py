@@ -262,3 +262,59 @@ def fit_optimal(op, spec, residue_names, residue_ids, constraints, force_blocks)
                 W.rows[row], W.data[row] = list(atoms), list(w[i])
     op.W = W.tocsr()
     return stats
+
+
+def write_cg_pdb(path, op, positions, box):
+    """A CG topology PDB: one pseudo-atom per bead (name = bead name, residue = AA residue)."""
+    a, b, c = np.linalg.norm(box, axis=1) * 10.0
+    lines = [f"CRYST1{a:9.3f}{b:9.3f}{c:9.3f}  90.00  90.00  90.00 P 1           1"]
+    for i, (name, res, rid, xyz) in enumerate(zip(op.bead_names, op.residue_names, op.bead_residues,
+                                                  positions * 10.0)):
+        lines.append(f"HETATM{(i + 1) % 100000:5d} {name[:4]:<4s} {res[:3]:>3s} A{(rid + 1) % 10000:4d}    "
+                     f"{xyz[0]:8.3f}{xyz[1]:8.3f}{xyz[2]:8.3f}  1.00  0.00")
+    lines.append("END")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def map_trajectory(reader, spec, out, chunk=256, overwrite=False, progress=True, config_text=""):
+    """Map an AA trajectory (a readers.* object) to a CG dataset in H5MD; returns a summary dict."""
+    from tqdm import tqdm
+
+    from . import __version__
+    from .fileio import atomic_path, check_writable
+    from .h5md import H5MDWriter
+
+    out = Path(out)
+    check_writable(out, overwrite)
+    top = reader.topology
+    op = build_operators(spec, top.atom_names, top.residue_names, top.residue_ids, top.masses,
+                         top.constraints, where=str(reader.path))
+    stats = fit_optimal(op, spec, top.residue_names, top.residue_ids, top.constraints,
+                        (b[1] for b in reader.blocks(chunk)))
+    pdb_out = out.with_suffix(".pdb")
+    with atomic_path(out) as tmp:
+        w = H5MDWriter.create(tmp, len(op.bead_names), group="cg", masses=op.bead_masses,
+                              dtype={"position": np.float32, "force": np.float32}, compression="gzip")
+        g = w.cgkd
+        g.attrs["mapping"] = yaml.safe_dump(spec.raw, sort_keys=False)
+        g.attrs["mapping_file"] = str(spec.path)
+        g.attrs["source"] = str(reader.path)
+        g.attrs["source_sha256"] = reader.hash()
+        g.attrs["cgkd_version"] = __version__
+        g.attrs["config"] = config_text
+        g.attrs["force_map_stats"] = yaml.safe_dump(stats)
+        for key, values in (("bead_names", op.bead_names), ("bead_types", op.bead_types),
+                            ("residue_names", op.residue_names)):
+            g.create_dataset(key, data=np.array(values, dtype="S"))
+        g.create_dataset("residue_ids", data=op.bead_residues)
+        first = None
+        with tqdm(total=reader.n_frames, unit="frame", disable=not progress, desc="cgkd map") as bar:
+            for pos, frc, box, steps, times in reader.blocks(chunk):
+                R, F = map_block(op, pos, frc, box)
+                w.extend(steps, times, box, position=R, force=F)
+                first = (R[0], box[0]) if first is None else first
+                bar.update(len(R))
+        w.close()
+    write_cg_pdb(pdb_out, op, *first)
+    return {"out": str(out), "topology": str(pdb_out), "frames": reader.n_frames, "beads": len(op.bead_names),
+            "bead_types": sorted(set(op.bead_types)), "force_map_stats": stats}

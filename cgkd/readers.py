@@ -50,8 +50,9 @@ class H5MDReader(AATrajectoryReader):
         if "atom_names" not in g:
             raise CgkdError(f"{self.path}: no /cgkd/atom_names: not written by `cgkd aa`; give a topology")
         dec = lambda ds: [x.decode() if isinstance(x, bytes) else str(x) for x in ds[:]]  # noqa: E731
+        masses = g["atom_masses"][:] if "atom_masses" in g else self.traj.masses()
         self.topology = AATopology(dec(g["atom_names"]), dec(g["residue_names"]), g["residue_ids"][:],
-                                   self.traj.masses(), dec(g["elements"]), g["constraints"][:],
+                                   masses, dec(g["elements"]), g["constraints"][:],
                                    g["topology_pdb"][()].decode() if "topology_pdb" in g else "")
         self.n_frames = len(self.traj)
         if self.traj.n_particles != len(self.topology.atom_names):

@@ -84,6 +84,14 @@ def load_system(name_or_path, forcefield=None):
                       density_source=str(data.get("density_source", "")))
 
 
+def atom_masses(spec, topology):
+    """Physical atom masses (amu) from the force field's atom types, whatever HMR does to the System."""
+    root = ET.parse(spec.forcefield).getroot()
+    type_mass = {t.get("name"): float(t.get("mass")) for t in root.iter("Type")}
+    atom_type = {(r.get("name"), a.get("name")): a.get("type") for r in root.iter("Residue") for a in r.iter("Atom")}
+    return np.array([type_mass[atom_type[(a.residue.name, a.name)]] for a in topology.atoms()])
+
+
 def residue_templates(ff_path):
     """{residue: {atom name: element symbol}} and {residue: [(name1, name2)]} from a force-field XML."""
     root = ET.parse(ff_path).getroot()

@@ -174,7 +174,7 @@ for _res in topology.residues():
 '''
 
 
-def write_xml(path, mols, tables, eg_scale):
+def write_xml(path, mols, tables, eg_scale, scale14=0.5):
     bonds, angles, torsions, lj, scripted = tables
     eg_types = set(mols["EGL"]["types"]) if "EGL" in mols else set()
     lj = {t: (s, e * (eg_scale if t in eg_types else 1.0)) for t, (s, e) in lj.items()}
@@ -187,7 +187,7 @@ def write_xml(path, mols, tables, eg_scale):
            '  <Reference>B. Doherty, O. Acevedo, OPLS Force Field for Choline Chloride-Based Deep Eutectic '
            'Solvents, J. Phys. Chem. B 2018, 122, 9982-9993 (OPLS-DES)</Reference>',
            f'  <Source>written by cgkd forcefields/make_opls_des.py; ethylene-glycol LJ epsilon scale {eg_scale:g}; '
-           'geometric combining rule via NBFixPair; 1-4 scaled by 0.5</Source>',
+           f'geometric combining rule via NBFixPair; 1-4 scaled by {scale14:g}</Source>',
            ' </Info>',
            ' <AtomTypes>']
     for typ in sorted(element_of):
@@ -221,12 +221,12 @@ def write_xml(path, mols, tables, eg_scale):
                          for m, (n, k, ph) in enumerate(terms, start=1))
         out.append(f'  <Proper {attrs}/>')
     out.append(' </PeriodicTorsionForce>')
-    out.append(' <NonbondedForce coulomb14scale="0.5" lj14scale="0.5">')
+    out.append(f' <NonbondedForce coulomb14scale="{scale14:g}" lj14scale="{scale14:g}">')
     out.append('  <UseAttributeFromResidue name="charge"/>')
     for typ in sorted(lj):
         out.append(f'  <Atom type="{typ}" sigma="1.0" epsilon="0.0"/>')
     out.append(' </NonbondedForce>')
-    out.append(' <LennardJonesForce lj14scale="0.5" useDispersionCorrection="True">')
+    out.append(f' <LennardJonesForce lj14scale="{scale14:g}" useDispersionCorrection="True">')
     for typ, (s, e) in sorted(lj.items()):
         out.append(f'  <Atom type="{typ}" sigma="{s}" epsilon="{e!r}"/>')
     for a, b in itertools.combinations_with_replacement(sorted(lj), 2):
@@ -258,6 +258,8 @@ def main(src):
     tables = build_tables(mols)
     write_xml(ROOT / "forcefields" / "opls_des.xml", mols, tables, 1.0)
     write_xml(ROOT / "forcefields" / "opls_des_eg1.75.xml", mols, tables, EG_SCALE)
+    # As the GROMACS release actually runs: no [ pairs ], so no 1-4 interactions at all.
+    write_xml(ROOT / "forcefields" / "opls_des_eg1.75_no14.xml", mols, tables, EG_SCALE, scale14=0.0)
     for system, residues in SYSTEMS.items():
         for res in residues:
             write_pdb(ROOT / "systems" / system / f"{res}.pdb", res, mols[res])
