@@ -20,6 +20,7 @@ weights across constrained atoms so constraint forces cancel), fitted on the cop
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 import yaml
@@ -163,36 +164,52 @@ def build_operators(spec, atom_names, residue_names, residue_ids, masses, constr
     return Operators(M, W, ref_atom, names, types, np.array(bmass), np.array(bres), rnames)
 
 
-def unwrap(positions, boxes, ref_atom):
-    """Move every atom to the minimum image of its molecule's reference atom. positions (f, n, 3), boxes
-    (f, 3, 3) with box vectors as rows (triclinic allowed)."""
-    d = positions - positions[:, ref_atom]
-    inv = np.linalg.inv(boxes)
-    frac = np.einsum("fnk,fkj->fnj", d, inv)
-    frac -= np.round(frac)
-    return positions[:, ref_atom] + np.einsum("fnk,fkj->fnj", frac, boxes)
-
-
-def wrap(positions, boxes):
-    """Wrap positions into the primary cell [0, 1) in fractional coordinates."""
-    inv = np.linalg.inv(boxes)
-    frac = np.einsum("fnk,fkj->fnj", positions, inv)
-    frac -= np.floor(frac)
-    return np.einsum("fnk,fkj->fnj", frac, boxes)
-
-
-def apply(op, matrix, x):
-    """Apply a sparse (n_beads, n_atoms) operator to a frame block x (f, n_atoms, 3) -> (f, n_beads, 3)."""
-    f, n, _ = x.shape
-    flat = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(n, f * 3)
-    return np.asarray(matrix @ flat).reshape(-1, f, 3).transpose(1, 0, 2)
+@numba.njit(parallel=True, cache=True)
+def _map_frames(pos, frc, boxes, ref, bead, weight, w_ptr, w_idx, w_val, n_beads):
+    """Per frame: unwrap each atom to its molecule's reference atom (minimum image, any cell shape),
+    average into beads with the position weights, wrap beads into the cell; forces through CSR W."""
+    nf, na = pos.shape[0], pos.shape[1]
+    R = np.zeros((nf, n_beads, 3))
+    F = np.zeros((nf, n_beads, 3))
+    for t in numba.prange(nf):
+        box = boxes[t].astype(np.float64)
+        inv = np.linalg.inv(box)
+        for a in range(na):
+            r = ref[a]
+            d0 = pos[t, a, 0] - pos[t, r, 0]
+            d1 = pos[t, a, 1] - pos[t, r, 1]
+            d2 = pos[t, a, 2] - pos[t, r, 2]
+            s0 = np.rint(d0 * inv[0, 0] + d1 * inv[1, 0] + d2 * inv[2, 0])
+            s1 = np.rint(d0 * inv[0, 1] + d1 * inv[1, 1] + d2 * inv[2, 1])
+            s2 = np.rint(d0 * inv[0, 2] + d1 * inv[1, 2] + d2 * inv[2, 2])
+            w = weight[a]
+            b = bead[a]
+            R[t, b, 0] += w * (pos[t, r, 0] + d0 - s0 * box[0, 0] - s1 * box[1, 0] - s2 * box[2, 0])
+            R[t, b, 1] += w * (pos[t, r, 1] + d1 - s0 * box[0, 1] - s1 * box[1, 1] - s2 * box[2, 1])
+            R[t, b, 2] += w * (pos[t, r, 2] + d2 - s0 * box[0, 2] - s1 * box[1, 2] - s2 * box[2, 2])
+        for b in range(n_beads):
+            f0 = np.floor(R[t, b, 0] * inv[0, 0] + R[t, b, 1] * inv[1, 0] + R[t, b, 2] * inv[2, 0])
+            f1 = np.floor(R[t, b, 0] * inv[0, 1] + R[t, b, 1] * inv[1, 1] + R[t, b, 2] * inv[2, 1])
+            f2 = np.floor(R[t, b, 0] * inv[0, 2] + R[t, b, 1] * inv[1, 2] + R[t, b, 2] * inv[2, 2])
+            for k in range(3):
+                R[t, b, k] -= f0 * box[0, k] + f1 * box[1, k] + f2 * box[2, k]
+            for j in range(w_ptr[b], w_ptr[b + 1]):
+                a = w_idx[j]
+                for k in range(3):
+                    F[t, b, k] += w_val[j] * frc[t, a, k]
+    return R, F
 
 
 def map_block(op, positions, forces, boxes):
-    """Bead positions (wrapped into the box) and mapped forces of a block of frames."""
-    R = wrap(apply(op, op.M, unwrap(positions, boxes, op.ref_atom)), boxes)
-    F = apply(op, op.W, forces) if forces is not None else None
-    return R, F
+    """Bead positions (wrapped into the cell) and mapped forces of a block of frames (f, n_atoms, 3)."""
+    M = op.M.tocoo()
+    bead = np.empty(M.shape[1], dtype=np.int64)
+    weight = np.empty(M.shape[1])
+    bead[M.col], weight[M.col] = M.row, M.data
+    W = op.W.tocsr()
+    return _map_frames(np.ascontiguousarray(positions), np.ascontiguousarray(forces), np.ascontiguousarray(boxes),
+                       op.ref_atom, bead, weight, W.indptr.astype(np.int64), W.indices.astype(np.int64),
+                       W.data.astype(np.float64), M.shape[0])
 
 
 def optimal_force_weights(M, second_moment, groups):
