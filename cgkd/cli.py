@@ -1,7 +1,9 @@
 """The `cgkd` command: thin sub-commands that parse flags, load the stage config and call the stage."""
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import sys
 import typing
 from pathlib import Path
@@ -37,6 +39,7 @@ Every atom must be in exactly one bead, and a constrained pair may not cross two
 def _add_config_flags(p, cls, skip=()):
     """One flag per config field (--npt-ps for npt_ps); default None so YAML and code defaults apply."""
     hints = typing.get_type_hints(cls)
+    notes = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M))
     p.add_argument("--config", help="YAML file with any of the keys below (flags win)")
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -44,7 +47,7 @@ def _add_config_flags(p, cls, skip=()):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        default = f"(default: {f.default})"
+        default = f"{notes.get(f.name, '')} (default: {f.default})".strip()
         if kind is bool:
             p.add_argument(flag, action="store_const", const=True, default=None, help=f"on/off {default}")
         else:

@@ -17,15 +17,15 @@ class BuildConfig:
     forcefield: Optional[str] = None  # override the system's force-field file
     cutoff: float = 1.0               # nm; the box edge must be at least twice the cutoff you will run with
     seed: int = 1                     # packmol seed
-    overwrite: bool = False
+    overwrite: bool = False           # replace an existing output
 
 
 @dataclass
 class AAConfig:
-    system: str = "ethaline"
+    system: str = "ethaline"          # name under systems/, or a folder with system.yaml
     pdb: Optional[str] = None         # box PDB from `cgkd build`
     out: str = "aa.h5"                # production H5MD; checkpoint <out>.chk, log <out>.log.csv beside it
-    forcefield: Optional[str] = None
+    forcefield: Optional[str] = None  # override the system's force-field file (name in forcefields/ or a path)
     npt_ps: float = 200.0             # NPT equilibration (MonteCarloBarostat)
     nvt_ps: float = 1000.0            # NVT production at the mean NPT volume
     stride: int = 500                 # steps between frames written (positions, forces, box, energy)
@@ -43,8 +43,8 @@ class AAConfig:
     threads: Optional[int] = None     # CPU platform threads
     seed: int = 1
     checkpoint_ps: float = 10.0       # simulated time between checkpoints
-    resume: bool = False
-    overwrite: bool = False
+    resume: bool = False              # continue <out> from <out>.chk (the saved config wins)
+    overwrite: bool = False           # replace an existing <out>
 
 
 @dataclass
@@ -58,7 +58,7 @@ class MapConfig:
     mapping: Optional[str] = None     # mapping YAML (see `cgkd map --help`)
     out: str = "cg.h5"                # CG dataset (H5MD, float32, gzip); CG topology PDB beside it
     chunk: int = 256                  # frames per block (bounded memory)
-    overwrite: bool = False
+    overwrite: bool = False           # replace an existing output
 
 
 def load(cls, path=None, **overrides):
