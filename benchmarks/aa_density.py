@@ -22,7 +22,7 @@ import openmm.app as app
 import openmm.unit as u
 
 from cgkd import __version__, systems
-from cgkd.fileio import atomic_path
+from cgkd.fileio import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "aa_density.json"
 CASES = {  # case -> (system, force-field file)
@@ -85,9 +85,7 @@ def run(case, units, equil_ps, prod_ps, dt_fs, hmr, sample_steps, threads, workd
 def merge(case, result):
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data[case] = result
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(RESULTS) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    write_json(RESULTS, data)
 
 
 def main():

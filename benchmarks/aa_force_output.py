@@ -7,7 +7,6 @@ benchmarks/results/aa_force_output.json.
     python benchmarks/aa_force_output.py --units 50 --blocks 6 --block-steps 1000
 """
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -17,8 +16,7 @@ import openmm.unit as u
 
 from cgkd import __version__, config, systems
 from cgkd.aa import AARun
-from cgkd.fileio import atomic_path
-from cgkd.h5md import H5MDWriter
+from cgkd.fileio import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "aa_force_output.json"
 
@@ -64,9 +62,7 @@ def main():
               "ns_per_day_plain": ns_day["plain"], "ratio_writing_over_plain": ratio,
               "platform": run.platform.getName(), "cgkd_version": __version__, "machine": platform.node(),
               "date": time.strftime("%Y-%m-%d")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(RESULTS) as tmp_out:
-        tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS, result)
     print(f"writing forces every {a.stride} steps: {ns_day['write']:.2f} ns/day; writing nothing: "
           f"{ns_day['plain']:.2f} ns/day; ratio {ratio:.3f} (target >= 0.90)")
 

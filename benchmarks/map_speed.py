@@ -8,7 +8,6 @@ is timed too. Prints frames/s and the ratio; records benchmarks/results/map_spee
     python benchmarks/map_speed.py --frames 4000 --loop-frames 100
 """
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cgkd import __version__, mapping, readers, systems
-from cgkd.fileio import atomic_path
+from cgkd.fileio import write_json
 from cgkd.h5md import H5MDWriter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "map_speed.json"
@@ -97,9 +96,7 @@ def main():
               "frames_per_s": fast, "python_loop_frames_per_s": slow, "speedup": fast / slow,
               "end_to_end_frames_per_s": e2e, "cores": 2, "cgkd_version": __version__, "machine": platform.node(),
               "date": time.strftime("%Y-%m-%d")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(RESULTS) as out:
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS, result)
     print(f"cgkd map kernel: {fast:,.0f} frames/s; Python loop: {slow:,.1f} frames/s; speedup {fast / slow:,.0f}x "
           f"(targets >= 20,000 frames/s, >= 50x); end to end with H5MD I/O: {e2e:,.0f} frames/s")
 

@@ -7,6 +7,7 @@ from typing import Optional
 import yaml
 
 from .errors import CgkdError
+from .fileio import read_yaml
 
 
 @dataclass
@@ -66,14 +67,7 @@ def load(cls, path=None, **overrides):
     values = {}
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise CgkdError(f"{p}: config file does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise CgkdError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise CgkdError(f"{p}: expected a mapping of keys to values")
+        data = read_yaml(p, "config file")
         names = {f.name for f in dataclasses.fields(cls)}
         for key, value in data.items():
             k = key.replace("-", "_")

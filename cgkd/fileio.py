@@ -35,3 +35,29 @@ def file_hash(path, chunk=1 << 20):
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_yaml(path, what="file"):
+    """Parse a YAML mapping from `path`; errors name the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise CgkdError(f"{path}: {what} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CgkdError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise CgkdError(f"{path}: expected a mapping of keys to values")
+    return data
+
+
+def write_json(path, data):
+    """Write JSON atomically (temporary file, then rename), creating parent folders."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import yaml
 
 from .errors import CgkdError
+from .fileio import read_yaml
 
 WEIGHT_KINDS = ("mass", "geometry")
 FORCE_MAPS = ("sum", "optimal")
@@ -53,14 +54,7 @@ class MappingSpec:
 
     @classmethod
     def load(cls, path):
-        path = Path(path)
-        if not path.is_file():
-            raise CgkdError(f"{path}: mapping file does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise CgkdError(f"{path}: not valid YAML ({e})") from None
-        return cls.from_dict(data, path)
+        return cls.from_dict(read_yaml(path, "mapping file"), path)
 
     @classmethod
     def from_dict(cls, data, path="<mapping>"):

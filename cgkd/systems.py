@@ -10,10 +10,9 @@ import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as u
-import yaml
 
 from .errors import CgkdError
-from .fileio import atomic_path, check_writable
+from .fileio import atomic_path, check_writable, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS_DIR = ROOT / "systems"
@@ -61,10 +60,7 @@ def load_system(name_or_path, forcefield=None):
     if not yml.is_file():
         known = sorted(d.name for d in SYSTEMS_DIR.iterdir() if (d / "system.yaml").is_file())
         raise CgkdError(f"{yml}: unknown system '{name_or_path}' (known: {', '.join(known)})")
-    try:
-        data = yaml.safe_load(yml.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise CgkdError(f"{yml}: not valid YAML ({e})") from None
+    data = read_yaml(yml, "system file")
     comps = []
     for i, c in enumerate(data.get("components") or []):
         where = f"{yml} components[{i}]"

@@ -1,10 +1,8 @@
 """`cgkd aa`: forces in the file are -dE/dx, the H5MD file round-trips and MDAnalysis reads it, resume is exact."""
-import io
 
 import MDAnalysis as mda
 import numpy as np
 import openmm
-import openmm.app as app
 import openmm.unit as u
 import pytest
 
