@@ -15,6 +15,7 @@ HELP = {
     "build": "pack an AA box of a DES with packmol at its experimental density",
     "aa": "AA MD with forces: minimise, NPT equilibrate, NVT production to H5MD (resumable)",
     "map": "map an AA trajectory with forces to a CG dataset (bead positions, mapped forces) in H5MD",
+    "compare": "score CG trajectories against the mapped AA reference: RDF, ADF, CDF, diffusion; report + plots",
     "demo": "run the pipeline at demo scale (currently: build + a short AA run)",
 }
 
@@ -91,6 +92,29 @@ def cmd_map(args):
     print(json.dumps(summary, indent=2))
 
 
+def cmd_compare(args):
+    from . import report
+
+    models = {}
+    for item in args.model or []:
+        name, _, paths = item.partition("=")
+        if not paths:
+            raise CgkdError(f"--model {item!r}: expected NAME=PATH[,PATH...]")
+        models[name] = paths.split(",")
+    triplets = None
+    if args.triplets:
+        triplets = []
+        for t in args.triplets:
+            parts = t.split("-")
+            if len(parts) != 3:
+                raise CgkdError(f"--triplets {t!r}: expected NEIGHBOUR-CENTRE-NEIGHBOUR, e.g. CL-CHO-CL")
+            triplets.append((parts[1], (parts[0], parts[2])))
+    settings = report.CompareSettings(r_max=args.r_max, n_bins=args.n_bins, triplets=triplets, stride=args.stride,
+                                      blocks=args.blocks)
+    result = report.compare(args.reference, models, args.out, settings)
+    print(f"wrote {result['out']}/report.md, results.json and {len(result['plots'])} plots")
+
+
 def cmd_demo(args):
     from . import systems
     from .aa import run_aa
@@ -124,6 +148,17 @@ def parser():
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_flags(m, config.MapConfig)
     m.set_defaults(func=cmd_map)
+    c = sub.add_parser("compare", help=HELP["compare"], description=HELP["compare"])
+    c.add_argument("--reference", required=True, help="CG dataset of the mapped AA reference (H5MD from cgkd map)")
+    c.add_argument("--model", action="append", help="NAME=PATH[,PATH...]: a model's CG trajectories (replicas)")
+    c.add_argument("--out", default="report", help="report folder (report.md, results.json, PNGs)")
+    c.add_argument("--r-max", type=float, help="RDF range in nm (default: half the shortest box edge)")
+    c.add_argument("--n-bins", type=int, default=100, help="RDF bins (default: 100)")
+    c.add_argument("--triplets", nargs="+", help="ADF/CDF triplets NEIGHBOUR-CENTRE-NEIGHBOUR (default: like "
+                   "neighbours around every centre type)")
+    c.add_argument("--stride", type=int, default=1, help="use every n-th frame for RDF/ADF/CDF (default: 1)")
+    c.add_argument("--blocks", type=int, default=4, help="blocks for the uncertainties (default: 4)")
+    c.set_defaults(func=cmd_compare)
     d = sub.add_parser("demo", help=HELP["demo"], description=HELP["demo"])
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--npt-ps", type=float, default=20.0)

@@ -137,21 +137,26 @@ def _triplets(positions, boxes, types, center, neighbours, cutoffs, progress, wh
         yield dist[p], dist[q], np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def adf(positions, boxes, types, center, neighbours, cutoffs, n_bins=90, progress=False, where="trajectory"):
+def adf(positions, boxes, types, center, neighbours, cutoffs, n_bins=90, progress=False, where="trajectory",
+        empty_ok=False):
     """P(theta) of the angle j-i-k (degrees) for centres of type `center` and neighbours j, k of types
-    `neighbours` within `cutoffs` (nm, one per neighbour type); a probability density over 0-180."""
+    `neighbours` within `cutoffs` (nm, one per neighbour type); a probability density over 0-180.
+    No triplet at all is an error unless empty_ok (then P = 0)."""
     bins = np.linspace(0.0, 180.0, n_bins + 1)
     h = np.zeros(n_bins)
     for _, _, theta in _triplets(positions, boxes, types, center, neighbours, cutoffs, progress, where, "ADF"):
         h += np.histogram(theta, bins=bins)[0]
-    total = h.sum()
-    if total == 0:
+    _check_found(h, empty_ok, where, center, neighbours, cutoffs)
+    return 0.5 * (bins[1:] + bins[:-1]), h / (max(h.sum(), 1) * np.diff(bins))
+
+
+def _check_found(h, empty_ok, where, center, neighbours, cutoffs):
+    if h.sum() == 0 and not empty_ok:
         raise CgkdError(f"{where}: no {neighbours[0]}-{center}-{neighbours[1]} triplets within {cutoffs} nm")
-    return 0.5 * (bins[1:] + bins[:-1]), h / (total * np.diff(bins))
 
 
 def cdf(positions, boxes, types, center, neighbours, cutoffs, r_range=None, n_r=50, n_theta=45,
-        progress=False, where="trajectory"):
+        progress=False, where="trajectory", empty_ok=False):
     """Combined distribution (TRAVIS): joint density of r_ij (neighbour j) and theta_jik (to a second
     neighbour k). Returns (r centres, theta centres, density (n_r, n_theta)) normalised to 1."""
     r_range = r_range or (0.0, cutoffs[0])
@@ -160,11 +165,9 @@ def cdf(positions, boxes, types, center, neighbours, cutoffs, r_range=None, n_r=
     h = np.zeros((n_r, n_theta))
     for rij, _, theta in _triplets(positions, boxes, types, center, neighbours, cutoffs, progress, where, "CDF"):
         h += np.histogram2d(rij, theta, bins=(rb, tb))[0]
-    total = h.sum()
-    if total == 0:
-        raise CgkdError(f"{where}: no {neighbours[0]}-{center}-{neighbours[1]} triplets within {cutoffs} nm")
+    _check_found(h, empty_ok, where, center, neighbours, cutoffs)
     area = np.outer(np.diff(rb), np.diff(tb))
-    return 0.5 * (rb[1:] + rb[:-1]), 0.5 * (tb[1:] + tb[:-1]), h / (total * area)
+    return 0.5 * (rb[1:] + rb[:-1]), 0.5 * (tb[1:] + tb[:-1]), h / (max(h.sum(), 1) * area)
 
 
 def unwrap_in_time(positions, boxes):
@@ -212,3 +215,24 @@ def density(masses_amu, boxes):
     """Mass density (g/cm^3) per frame."""
     vol = np.abs(np.linalg.det(np.asarray(boxes, dtype=np.float64)))
     return np.sum(masses_amu) / 6.02214076e23 / (vol * 1e-21)
+
+
+def rdf_error(g, g_ref, r):
+    """Integrated absolute RDF error, normalised: int |g - g_ref| dr / int g_ref dr."""
+    return float(np.trapezoid(np.abs(g - g_ref), r) / np.trapezoid(g_ref, r))
+
+
+def jensen_shannon(p, q):
+    """Jensen-Shannon divergence (bits, 0..1) of two histograms of the same binning (1 if one is empty)."""
+    p = np.asarray(p, dtype=float).ravel()
+    q = np.asarray(q, dtype=float).ravel()
+    if p.sum() == 0 or q.sum() == 0:
+        return 0.0 if p.sum() == q.sum() else 1.0
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a, b):
+        nz = a > 0
+        return np.sum(a[nz] * np.log2(a[nz] / b[nz]))
+
+    return float(0.5 * kl(p, m) + 0.5 * kl(q, m))

@@ -1,0 +1,254 @@
+"""`cgkd compare`: observables of CG models against the mapped AA reference, scored, plotted and reported.
+
+For the reference and every model trajectory (replicas allowed) it computes RDFs of all bead-type pairs,
+ADFs and CDFs of the chosen triplets (first-shell cutoffs from the reference RDFs), MSDs and diffusion
+coefficients; scores each model (RDF error, Jensen-Shannon divergence of ADF and CDF, relative error of
+D) with block-averaged uncertainties and mean +- std over replicas; writes report.md, results.json and
+PNG plots to the output folder.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import observables as obs  # noqa: E402
+from .errors import CgkdError  # noqa: E402
+from .fileio import write_json  # noqa: E402
+from .h5md import H5MDTrajectory  # noqa: E402
+
+
+@dataclass
+class CompareSettings:
+    r_max: float = None          # nm; default: half the shortest box edge of all inputs
+    n_bins: int = 100
+    triplets: list = None        # [(centre, (neighbour, neighbour))]; default: every centre with like neighbours
+    stride: int = 1              # use every stride-th frame for RDF/ADF/CDF
+    blocks: int = 4              # blocks for the uncertainties
+    fit_window: tuple = (0.2, 0.8)
+    extra: dict = field(default_factory=dict)
+
+
+class Traj:
+    """Positions, boxes, bead types and time step of one CG (or mapped) trajectory file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        with H5MDTrajectory(path) as t:
+            g = t.cgkd
+            if "bead_types" not in g:
+                raise CgkdError(f"{self.path}: no /cgkd/bead_types: not a cgkd CG dataset or trajectory")
+            self.types = np.array([x.decode() if isinstance(x, bytes) else str(x) for x in g["bead_types"][:]])
+            self.positions = t.positions().astype(np.float64)
+            self.boxes = t.boxes().astype(np.float64)
+            self.unwrapped = (t.particles["unwrapped_position"]["value"][:].astype(np.float64)
+                              if "unwrapped_position" in t.particles else None)
+            times = t.times()
+        if len(self.positions) < 2:
+            raise CgkdError(f"{self.path}: needs at least 2 frames")
+        self.dt = float(times[1] - times[0])
+
+    def unwrap(self):
+        return self.unwrapped if self.unwrapped is not None else obs.unwrap_in_time(self.positions, self.boxes)
+
+
+def _observe(tr, s, cutoffs, frames):
+    r, g, cn = obs.rdf(tr.positions[frames], tr.boxes[frames], tr.types, r_max=s.r_max, n_bins=s.n_bins,
+                       where=str(tr.path))
+    adfs, cdfs = {}, {}
+    for c, nb in s.triplets:
+        cut = (cutoffs[tuple(sorted((c, nb[0])))], cutoffs[tuple(sorted((c, nb[1])))])
+        adfs[(c, nb)] = obs.adf(tr.positions[frames], tr.boxes[frames], tr.types, c, nb, cut, where=str(tr.path),
+                                empty_ok=True)
+        cdfs[(c, nb)] = obs.cdf(tr.positions[frames], tr.boxes[frames], tr.types, c, nb, cut, n_r=30, n_theta=36,
+                                where=str(tr.path), empty_ok=True)
+    return {"r": r, "rdf": g, "cn": cn, "adf": adfs, "cdf": cdfs}
+
+
+def _diffusion(tr, s, frames=slice(None)):
+    lags, m = obs.msd(tr.unwrap()[frames], tr.dt, tr.types)
+    return lags, m, {t: obs.diffusion(lags, v, s.fit_window)[0] for t, v in m.items()}
+
+
+def _scores(o, ref, D, D_ref):
+    out = {f"rdf {a}-{b}": obs.rdf_error(o["rdf"][(a, b)], ref["rdf"][(a, b)], ref["r"]) for a, b in ref["rdf"]}
+    for (c, nb), (_, p) in o["adf"].items():
+        out[f"adf {nb[0]}-{c}-{nb[1]}"] = obs.jensen_shannon(p, ref["adf"][(c, nb)][1])
+        out[f"cdf {nb[0]}-{c}-{nb[1]}"] = obs.jensen_shannon(o["cdf"][(c, nb)][2], ref["cdf"][(c, nb)][2])
+    for t in D_ref:
+        out[f"D {t}"] = (D[t] - D_ref[t]) / D_ref[t]
+    return out
+
+
+def compare(reference, models, out, settings=None, progress=True):
+    """reference: CG dataset path; models: {name: [trajectory paths]}; out: report folder."""
+    s = settings or CompareSettings()
+    ref = Traj(reference)
+    runs = {name: [Traj(p) for p in paths] for name, paths in models.items()}
+    if not runs:
+        raise CgkdError("cgkd compare: give at least one model trajectory (--model NAME=PATH[,PATH...])")
+    for name, trs in runs.items():
+        for tr in trs:
+            if len(tr.types) != len(ref.types) or not np.array_equal(np.sort(tr.types), np.sort(ref.types)):
+                raise CgkdError(f"{tr.path}: bead types/counts {_count(tr.types)} differ from the reference "
+                                f"{reference} {_count(ref.types)}")
+    every = [ref] + [t for trs in runs.values() for t in trs]
+    limit = min(obs.max_cutoff(t.boxes) for t in every)
+    if s.r_max is not None and s.r_max > limit + 1e-9:
+        raise CgkdError(f"cgkd compare: --r-max {s.r_max} nm is beyond half the shortest box edge ({limit:.3f} nm)")
+    s.r_max = s.r_max or limit
+    types = sorted(set(ref.types))
+    s.triplets = s.triplets or [(c, (n, n)) for c in types for n in types]
+    frames = slice(None, None, s.stride)
+    r, g, _ = obs.rdf(ref.positions[frames], ref.boxes[frames], ref.types, r_max=s.r_max, n_bins=s.n_bins)
+    cutoffs = {p: obs.first_minimum(r, v) for p, v in g.items()}
+    ref_obs = _observe(ref, s, cutoffs, frames)
+    # Triplets the reference never shows cannot be scored.
+    s.triplets = [t for t in s.triplets if ref_obs["adf"][t][1].any()]
+    for key in ("adf", "cdf"):
+        ref_obs[key] = {t: v for t, v in ref_obs[key].items() if t in s.triplets}
+    ref_diff = _diffusion(ref, s)
+    results, curves = {}, {"reference": (ref_obs, ref_diff)}
+    for name, trs in runs.items():
+        per_replica = []
+        for k, tr in enumerate(trs):
+            o = _observe(tr, s, cutoffs, frames)
+            d = _diffusion(tr, s)
+            if k == 0:
+                curves[name] = (o, d)
+            full = _scores(o, ref_obs, d[2], ref_diff[2])
+            n = len(tr.positions)
+            blocks = [_scores(_observe(tr, s, cutoffs, slice(b * n // s.blocks, (b + 1) * n // s.blocks, s.stride)),
+                              ref_obs, _diffusion(tr, s, slice(b * n // s.blocks, (b + 1) * n // s.blocks))[2],
+                              ref_diff[2]) for b in range(s.blocks)] if n >= 4 * s.blocks else []
+            sem = {key: float(np.std([b[key] for b in blocks], ddof=1) / np.sqrt(len(blocks))) if blocks else None
+                   for key in full}
+            per_replica.append((full, sem))
+        keys = per_replica[0][0]
+        results[name] = {key: {"mean": float(np.mean([p[0][key] for p in per_replica])),
+                               "std_replicas": float(np.std([p[0][key] for p in per_replica])) if len(trs) > 1 else None,
+                               "sem_blocks": per_replica[0][1][key], "replicas": len(trs)} for key in keys}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"reference": str(reference), "models": {k: [str(p) for p in v] for k, v in models.items()},
+            "r_max_nm": s.r_max, "shell_cutoffs_nm": {f"{a}-{b}": c for (a, b), c in cutoffs.items()},
+            "diffusion_nm2_per_ps": {"reference": ref_diff[2], **{n: c[1][2] for n, c in curves.items() if n != "reference"}},
+            "fit_window_ps": [s.fit_window[0] * ref_diff[0][-1], s.fit_window[1] * ref_diff[0][-1]]}
+    write_json(out / "results.json", {"scores": results, **_jsonable(meta)})
+    plots = plot_all(curves, out)
+    (out / "report.md").write_text(markdown(results, meta, plots))
+    return {"out": str(out), "scores": results, "plots": plots}
+
+
+def _count(types):
+    return {t: int((types == t).sum()) for t in sorted(set(types))}
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=float))
+
+
+def plot_all(curves, out):
+    """RDF, ADF, CDF and MSD figures; returns the PNG names."""
+    colors = {"reference": "black"}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(n for n in curves if n != "reference"):
+        colors[name] = palette[i % len(palette)]
+    ref = curves["reference"][0]
+    files = []
+
+    def grid(n):
+        cols = min(3, n)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        for ax in axes.ravel()[n:]:
+            ax.set_visible(False)
+        return fig, axes.ravel()
+
+    pairs = list(ref["rdf"])
+    fig, axes = grid(len(pairs))
+    for ax, p in zip(axes, pairs):
+        for name, (o, _) in curves.items():
+            ax.plot(o["r"], o["rdf"][p], color=colors[name], lw=1.5 if name == "reference" else 1.2,
+                    ls="-" if name == "reference" else "--", label=name)
+        ax.set(title=f"{p[0]}–{p[1]}", xlabel="r (nm)", ylabel="g(r)")
+    axes[0].legend(frameon=False)
+    files.append(_save(fig, out / "rdf.png"))
+
+    trip = list(ref["adf"])
+    fig, axes = grid(len(trip))
+    for ax, t in zip(axes, trip):
+        for name, (o, _) in curves.items():
+            theta, p = o["adf"][t]
+            ax.plot(theta, p, color=colors[name], ls="-" if name == "reference" else "--", label=name)
+        ax.set(title=f"{t[1][0]}–{t[0]}–{t[1][1]}", xlabel="angle θ (degrees)", ylabel="P(θ) (1/degree)")
+    axes[0].legend(frameon=False)
+    files.append(_save(fig, out / "adf.png"))
+
+    for t in trip:
+        models = [n for n in curves if n != "reference"]
+        fig, axes = plt.subplots(len(models), 3, figsize=(12, 3.4 * len(models)), squeeze=False)
+        rr, th, dref = ref["cdf"][t]
+        ext = [th[0], th[-1], rr[0], rr[-1]]
+        for row, name in zip(axes, models):
+            d = curves[name][0]["cdf"][t][2]
+            vmax = max(dref.max(), d.max())
+            for ax, data, title, cmap, lim in ((row[0], dref, "reference", "viridis", (0, vmax)),
+                                               (row[1], d, name, "viridis", (0, vmax)),
+                                               (row[2], d - dref, f"{name} − reference", "RdBu_r",
+                                                (-np.abs(d - dref).max(), np.abs(d - dref).max()))):
+                im = ax.imshow(data, origin="lower", aspect="auto", extent=ext, cmap=cmap, vmin=lim[0], vmax=lim[1])
+                ax.set(title=title, xlabel="angle θ (degrees)", ylabel="r (nm)")
+                fig.colorbar(im, ax=ax, label="density (1/(nm·degree))")
+        fig.suptitle(f"CDF {t[1][0]}–{t[0]}–{t[1][1]}: distance r and angle θ")
+        files.append(_save(fig, out / f"cdf_{t[1][0]}-{t[0]}-{t[1][1]}.png"))
+
+    types = list(curves["reference"][1][1])
+    fig, axes = grid(len(types))
+    for ax, ty in zip(axes, types):
+        for name, (_, (lags, m, D)) in curves.items():
+            ax.plot(lags, m[ty], color=colors[name], ls="-" if name == "reference" else "--",
+                    label=f"{name}: D = {D[ty]:.2e} nm²/ps")
+        ax.set(title=ty, xlabel="lag time (ps)", ylabel="MSD (nm²)")
+        ax.legend(frameon=False, fontsize=8)
+    files.append(_save(fig, out / "msd.png"))
+    return files
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def markdown(results, meta, plots):
+    names = list(results)
+    keys = list(results[names[0]])
+
+    def cell(v):
+        s = f"{v['mean']:.3g}"
+        if v["sem_blocks"] is not None:
+            s += f" ± {v['sem_blocks']:.2g}"
+        if v["std_replicas"] is not None:
+            s += f" (replicas ± {v['std_replicas']:.2g})"
+        return s
+
+    lines = ["# cgkd comparison with the AA reference", "",
+             f"Reference: `{meta['reference']}`; RDF up to {meta['r_max_nm']:.3f} nm; first-shell cutoffs from the "
+             "reference RDFs. Scores: RDF error ∫|g−g_ref|dr/∫g_ref dr, Jensen–Shannon divergence (bits) of ADF "
+             "and CDF, relative error of the diffusion coefficient D (fit window "
+             f"{meta['fit_window_ps'][0]:.3g}–{meta['fit_window_ps'][1]:.3g} ps). ± block standard error; "
+             "replicas ± std. Lower is better.", "",
+             "| score | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(cell(results[n][k]) for n in names) + " |")
+    lines += ["", "Diffusion coefficients (nm²/ps):", ""]
+    for n, d in meta["diffusion_nm2_per_ps"].items():
+        lines.append(f"- {n}: " + ", ".join(f"{t} {v:.3e}" for t, v in d.items()))
+    lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,74 @@
+"""`cgkd compare`: scores, report, plots, the analysis notebook, and bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cgkd import CgkdError, mapping, readers, report
+from cgkd.h5md import H5MDWriter
+from cgkd.systems import SYSTEMS_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def datasets(small_run, tmp_path_factory):
+    cfg, _ = small_run
+    d = tmp_path_factory.mktemp("cmp")
+    spec = mapping.MappingSpec.load(SYSTEMS_DIR / "ethaline" / "mapping.yaml")
+    ref = mapping.map_trajectory(readers.open_trajectory(cfg.out), spec, d / "ref.h5", progress=False)["out"]
+    # A "model": the reference with every bead jittered, so its scores are measurably worse than zero.
+    rng = np.random.default_rng(0)
+    from cgkd.h5md import H5MDTrajectory
+    with H5MDTrajectory(ref) as t:
+        pos, box, steps, times = t.positions(), t.boxes(), t.steps(), t.times()
+        types = t.cgkd["bead_types"][:]
+    w = H5MDWriter.create(d / "model.h5", pos.shape[1], group="cg", fields=("position",))
+    w.extend(steps, times, box, position=pos + rng.normal(scale=0.03, size=pos.shape))
+    w.cgkd.create_dataset("bead_types", data=types)
+    w.close()
+    return ref, str(d / "model.h5"), d
+
+
+def test_compare_scores_report_and_plots(datasets):
+    ref, model, d = datasets
+    r = report.compare(ref, {"self": [ref], "jitter": [model, model]}, d / "report",
+                       report.CompareSettings(r_max=0.75, n_bins=40), progress=False)
+    s = r["scores"]
+    assert all(v["mean"] == pytest.approx(0.0, abs=1e-12) for v in s["self"].values())
+    assert s["jitter"]["rdf CHO-CL"]["mean"] > 0.05 and s["jitter"]["rdf CHO-CL"]["replicas"] == 2
+    md = (d / "report" / "report.md").read_text()
+    assert "| rdf CHO-CL |" in md and "![rdf.png](rdf.png)" in md
+    for png in r["plots"]:
+        assert (d / "report" / png).stat().st_size > 10_000
+    res = json.loads((d / "report" / "results.json").read_text())
+    assert set(res["scores"]) == {"self", "jitter"}
+
+
+def test_notebook_runs_top_to_bottom(datasets, monkeypatch):
+    ref, model, d = datasets
+    monkeypatch.setenv("CGKD_REFERENCE", ref)
+    monkeypatch.setenv("CGKD_MODELS", json.dumps({"jitter": [model]}))
+    monkeypatch.setenv("CGKD_REPORT", str(d / "nb_report"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = json.loads((ROOT / "analysis" / "compare_models.ipynb").read_text())
+    scope = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "compare_models.ipynb", "exec"), scope)
+    assert (d / "nb_report" / "report.md").exists() and "results" in scope
+
+
+def test_mismatched_trajectories_are_refused(datasets, tmp_path):
+    ref, model, d = datasets
+    w = H5MDWriter.create(tmp_path / "small.h5", 3, group="cg", fields=("position",))
+    w.extend([0, 1], [0.0, 1.0], np.broadcast_to(np.eye(3) * 2.0, (2, 3, 3)), position=np.zeros((2, 3, 3)))
+    w.cgkd.create_dataset("bead_types", data=np.array([b"CHO", b"CL", b"EGL"]))
+    w.close()
+    with pytest.raises(CgkdError, match="small.h5: bead types/counts .* differ from the reference"):
+        report.compare(ref, {"bad": [str(tmp_path / "small.h5")]}, tmp_path / "r")
+    with pytest.raises(CgkdError, match="beyond half the shortest box edge"):
+        report.compare(ref, {"m": [model]}, tmp_path / "r", report.CompareSettings(r_max=3.0))
+    with pytest.raises(CgkdError, match="at least one model"):
+        report.compare(ref, {}, tmp_path / "r")
