@@ -5,9 +5,9 @@ under NPT (MonteCarloBarostat, Langevin), then averages the density over the pro
 with a block-averaged standard error. Results go to benchmarks/results/aa_density.json (one entry per
 case, merged, so cases can run as separate processes).
 
-    python benchmarks/aa_density.py --case ethaline --units 50 --equil-ps 60 --prod-ps 500
-    python benchmarks/aa_density.py --case ethaline_eg1.75 --units 50 --equil-ps 50 --prod-ps 150
-    python benchmarks/aa_density.py --case reline --units 50 --equil-ps 50 --prod-ps 200
+    python benchmarks/aa_density.py --case ethaline_eg1.75_no14 --units 50 --equil-ps 60 --prod-ps 500
+    python benchmarks/aa_density.py --case ethaline_eg1.00_no14 --units 50 --equil-ps 50 --prod-ps 150
+    python benchmarks/aa_density.py --case reline_no14 --units 50 --equil-ps 50 --prod-ps 200
 """
 import argparse
 import json
@@ -25,12 +25,11 @@ from cgkd import __version__, systems
 from cgkd.fileio import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "aa_density.json"
-CASES = {  # case -> (system, force-field file)
-    "ethaline": ("ethaline", "opls_des.xml"),
-    "ethaline_eg1.75": ("ethaline", "opls_des_eg1.75.xml"),
-    "ethaline_eg1.75_no14": ("ethaline", "opls_des_eg1.75_no14.xml"),
-    "reline": ("reline", "opls_des.xml"),
-}
+# case -> (system, force-field file): every EG epsilon set x 1-4 treatment for ethaline, both 1-4 treatments
+# for reline (which has no ethylene glycol).
+CASES = {f"ethaline_eg{eg}_{p}": ("ethaline", f"opls_des_eg{eg}_{p}.xml") for eg in ("1.00", "1.75")
+         for p in ("no14", "14")}
+CASES.update({f"reline_{p}": ("reline", f"opls_des_eg1.75_{p}.xml") for p in ("no14", "14")})
 
 
 def block_sem(x, nblocks=5):
@@ -101,7 +100,7 @@ def main():
     p.add_argument("--workdir", default="runs/bench")
     a = p.parse_args()
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
-    for case in a.case or ["ethaline", "reline"]:
+    for case in a.case or ["ethaline_eg1.75_no14", "reline_no14"]:
         r = run(case, a.units, a.equil_ps, a.prod_ps, a.dt_fs, not a.no_hmr, a.sample_steps, a.threads, a.workdir)
         merge(case, r)
         print(f"{case}: density {r['density_g_cm3']:.4f} +- {r['density_sem_g_cm3']:.4f} g/cm3 vs experiment "

@@ -256,10 +256,11 @@ def main(src):
     src = Path(src)
     mols = {res: read_molecule(src, res) for res in MOLECULES}
     tables = build_tables(mols)
-    write_xml(ROOT / "forcefields" / "opls_des.xml", mols, tables, 1.0)
-    write_xml(ROOT / "forcefields" / "opls_des_eg1.75.xml", mols, tables, EG_SCALE)
-    # As the GROMACS release actually runs: no [ pairs ], so no 1-4 interactions at all.
-    write_xml(ROOT / "forcefields" / "opls_des_eg1.75_no14.xml", mols, tables, EG_SCALE, scale14=0.0)
+    # Four variants: ethylene-glycol epsilons as released (1.0) or 1.75x (the .itp comments), and 1-4 pairs
+    # excluded (what the GROMACS release runs: no [ pairs ]) or scaled by 0.5 (the OPLS rule in [ defaults ]).
+    for eg in (1.0, EG_SCALE):
+        for scale14, tag in ((0.0, "no14"), (0.5, "14")):
+            write_xml(ROOT / "forcefields" / f"opls_des_eg{eg:.2f}_{tag}.xml", mols, tables, eg, scale14)
     for system, residues in SYSTEMS.items():
         for res in residues:
             write_pdb(ROOT / "systems" / system / f"{res}.pdb", res, mols[res])

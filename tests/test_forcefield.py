@@ -80,9 +80,10 @@ def test_intermolecular_lj_uses_geometric_rule():
     assert coul == pytest.approx(ref_q, rel=1e-6)
 
 
-def test_ethylene_glycol_intramolecular_1_4_and_exclusions():
-    """Within one EG: 1-2/1-3 excluded, 1-4 halved (LJ and Coulomb), hydroxyl H to the far O excluded."""
-    spec = systems.load_system("ethaline")
+@pytest.mark.parametrize("ff, scale14, eg", [("opls_des_eg1.75_no14.xml", 0.0, 1.75), ("opls_des_eg1.00_14.xml", 0.5, 1.0)])
+def test_ethylene_glycol_intramolecular_1_4_and_exclusions(ff, scale14, eg):
+    """Within one EG: 1-2/1-3 excluded, 1-4 scaled (LJ and Coulomb), hydroxyl H to the far O excluded."""
+    spec = systems.load_system("ethaline", forcefield=ff)
     top, pos = _molecules(spec, ["EGL"], [np.zeros(3)])
     system = app.ForceField(str(spec.forcefield)).createSystem(top, nonbondedMethod=app.NoCutoff)
     atoms = list(top.atoms())
@@ -106,17 +107,17 @@ def test_ethylene_glycol_intramolecular_1_4_and_exclusions():
         d = separation(i, j)
         if d < 3 or frozenset((names[i], names[j])) in excluded_15:
             continue
-        scale = 0.5 if d == 3 else 1.0
+        scale = scale14 if d == 3 else 1.0
         r = np.linalg.norm(pos[i] - pos[j])
         a, b = EG[names[i]], EG[names[j]]
-        ref += scale * (_lj(a, b, r) + ONE_4PI_EPS0 * a[2] * b[2] / r)
+        ref += scale * (eg * _lj(a, b, r) + ONE_4PI_EPS0 * a[2] * b[2] / r)
     got = _energy(system, pos, ["NonbondedForce", "LennardJones", "LennardJones14"])
     assert got == pytest.approx(ref, rel=1e-6)
 
 
 def test_eg_scaled_variant_differs_only_in_eg_epsilons():
-    plain = systems.load_system("ethaline")
-    scaled = systems.load_system("ethaline", forcefield="opls_des_eg1.75.xml")
+    plain = systems.load_system("ethaline", forcefield="opls_des_eg1.00_no14.xml")
+    scaled = systems.load_system("ethaline", forcefield="opls_des_eg1.75_no14.xml")
     top, pos = _molecules(plain, ["EGL", "CL"], [np.zeros(3), np.array([0.5, 0.0, 0.0])])
     e = [_energy(app.ForceField(str(s.forcefield)).createSystem(top, nonbondedMethod=app.NoCutoff), pos,
                  ["LennardJones"]) for s in (plain, scaled)]
@@ -125,6 +126,13 @@ def test_eg_scaled_variant_differs_only_in_eg_epsilons():
                     ["LennardJones"]) for s in (plain, scaled)]
     assert e_cl[0] == pytest.approx(e_cl[1], rel=1e-12)
     assert e[1] != pytest.approx(e[0], rel=1e-3)
+    # Every EG-EG pair epsilon is 1.75x (geometric rule: sqrt(1.75 * 1.75)), EG-Cl pairs sqrt(1.75)x.
+    top2, pos2 = _molecules(plain, ["EGL", "EGL"], [np.zeros(3), np.array([0.45, 0.1, 0.0])])
+    inter = [_energy(app.ForceField(str(s.forcefield)).createSystem(top2, nonbondedMethod=app.NoCutoff), pos2,
+                     ["LennardJones"]) - 2 * _energy(app.ForceField(str(s.forcefield)).createSystem(
+                         _molecules(plain, ["EGL"], [np.zeros(3)])[0], nonbondedMethod=app.NoCutoff),
+                         pos2[:10], ["LennardJones"]) for s in (plain, scaled)]
+    assert inter[1] == pytest.approx(1.75 * inter[0], rel=1e-6)
 
 
 def test_molecule_pdbs_have_right_elements_and_masses():
