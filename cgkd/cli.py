@@ -16,7 +16,7 @@ HELP = {
     "aa": "AA MD with forces: minimise, NPT equilibrate, NVT production to H5MD (resumable)",
     "map": "map an AA trajectory with forces to a CG dataset (bead positions, mapped forces) in H5MD",
     "compare": "score CG trajectories against the mapped AA reference: RDF, ADF, CDF, diffusion; report + plots",
-    "demo": "run the pipeline at demo scale (currently: build + a short AA run)",
+    "demo": "run the pipeline at demo scale (currently: build, a short AA run with forces, map to CG beads)",
 }
 
 
@@ -116,7 +116,7 @@ def cmd_compare(args):
 
 
 def cmd_demo(args):
-    from . import systems
+    from . import mapping, readers, systems
     from .aa import run_aa
 
     out = Path(args.out)
@@ -131,6 +131,10 @@ def cmd_demo(args):
     print(f"[demo] {s['out']}: {s['frames']} frames of positions, forces (kJ/mol/nm), box and energy every "
           f"{cfg.stride} steps; NPT density {s['npt_density_g_cm3']:.4f} g/cm^3 "
           f"(experiment {s['experiment_density_g_cm3']}); log {s['out']}.log.csv")
+    m = mapping.map_trajectory(readers.open_trajectory(out / "aa.h5"), mapping.MappingSpec.load(
+        spec.path / "mapping.yaml"), out / "ethaline_cg.h5", overwrite=True)
+    print(f"[demo] {m['out']}: {m['frames']} frames of {m['beads']} beads ({', '.join(m['bead_types'])}), "
+          f"centre-of-mass positions and summed forces; CG topology {m['topology']}")
 
 
 def parser():
