@@ -168,19 +168,29 @@ def _map_frames(pos, frc, boxes, ref, bead, weight, w_ptr, w_idx, w_val, n_beads
     for t in numba.prange(nf):
         box = boxes[t].astype(np.float64)
         inv = np.linalg.inv(box)
+        ortho = box[0, 1] == 0 and box[0, 2] == 0 and box[1, 0] == 0 and box[1, 2] == 0 \
+            and box[2, 0] == 0 and box[2, 1] == 0
         for a in range(na):
             r = ref[a]
             d0 = pos[t, a, 0] - pos[t, r, 0]
             d1 = pos[t, a, 1] - pos[t, r, 1]
             d2 = pos[t, a, 2] - pos[t, r, 2]
-            s0 = np.rint(d0 * inv[0, 0] + d1 * inv[1, 0] + d2 * inv[2, 0])
-            s1 = np.rint(d0 * inv[0, 1] + d1 * inv[1, 1] + d2 * inv[2, 1])
-            s2 = np.rint(d0 * inv[0, 2] + d1 * inv[1, 2] + d2 * inv[2, 2])
+            if ortho:  # the common case: three products instead of a 3x3 transform
+                d0 -= np.rint(d0 * inv[0, 0]) * box[0, 0]
+                d1 -= np.rint(d1 * inv[1, 1]) * box[1, 1]
+                d2 -= np.rint(d2 * inv[2, 2]) * box[2, 2]
+            else:
+                s0 = np.rint(d0 * inv[0, 0] + d1 * inv[1, 0] + d2 * inv[2, 0])
+                s1 = np.rint(d0 * inv[0, 1] + d1 * inv[1, 1] + d2 * inv[2, 1])
+                s2 = np.rint(d0 * inv[0, 2] + d1 * inv[1, 2] + d2 * inv[2, 2])
+                d0 -= s0 * box[0, 0] + s1 * box[1, 0] + s2 * box[2, 0]
+                d1 -= s0 * box[0, 1] + s1 * box[1, 1] + s2 * box[2, 1]
+                d2 -= s0 * box[0, 2] + s1 * box[1, 2] + s2 * box[2, 2]
             w = weight[a]
             b = bead[a]
-            R[t, b, 0] += w * (pos[t, r, 0] + d0 - s0 * box[0, 0] - s1 * box[1, 0] - s2 * box[2, 0])
-            R[t, b, 1] += w * (pos[t, r, 1] + d1 - s0 * box[0, 1] - s1 * box[1, 1] - s2 * box[2, 1])
-            R[t, b, 2] += w * (pos[t, r, 2] + d2 - s0 * box[0, 2] - s1 * box[1, 2] - s2 * box[2, 2])
+            R[t, b, 0] += w * (pos[t, r, 0] + d0)
+            R[t, b, 1] += w * (pos[t, r, 1] + d1)
+            R[t, b, 2] += w * (pos[t, r, 2] + d2)
         for b in range(n_beads):
             f0 = np.floor(R[t, b, 0] * inv[0, 0] + R[t, b, 1] * inv[1, 0] + R[t, b, 2] * inv[2, 0])
             f1 = np.floor(R[t, b, 0] * inv[0, 1] + R[t, b, 1] * inv[1, 1] + R[t, b, 2] * inv[2, 1])
