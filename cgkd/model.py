@@ -1,0 +1,110 @@
+"""CGPotential: bead types -> TorchMD-Net representation -> per-bead energies; total energy and forces.
+
+Positions and boxes in nm, energies in kJ/mol, periodic boxes always. The total energy is the sum of the
+per-bead energies plus the (fixed) prior energy; forces are -dE/dR by autograd.
+"""
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torchmdnet.models.utils import OptimizedDistance
+
+from .errors import CgkdError
+from .priors import RepulsivePrior
+
+ARCHITECTURES = ("tensornet", "et")
+
+
+def max_neighbors(positions, boxes, cutoff, margin=1.2, extra=8):
+    """Neighbour budget from the densest frame: the largest number of beads within `cutoff` of any bead
+    over all frames (orthorhombic boxes), times a safety margin."""
+    worst = 0
+    for pos, box in zip(positions, boxes):
+        edge = np.diag(box)
+        tree = cKDTree(np.mod(pos, edge), boxsize=edge)
+        counts = tree.query_ball_point(np.mod(pos, edge), cutoff, return_length=True) - 1
+        worst = max(worst, int(counts.max()))
+    return int(np.ceil(worst * margin)) + extra
+
+
+class CGPotential(torch.nn.Module):
+    """A TorchMD-Net CG potential with a per-bead energy head and a fixed prior."""
+
+    def __init__(self, type_names, cutoff=1.0, channels=32, layers=1, rbf=16, arch="tensornet",
+                 max_num_neighbors=64, prior=None, dtype=torch.float32):
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise CgkdError(f"model: arch must be one of {ARCHITECTURES}, got {arch!r}")
+        self.type_names = list(type_names)
+        self.hparams = dict(type_names=self.type_names, cutoff=cutoff, channels=channels, layers=layers, rbf=rbf,
+                            arch=arch, max_num_neighbors=max_num_neighbors)
+        common = dict(hidden_channels=channels, num_layers=layers, num_rbf=rbf, cutoff_upper=cutoff,
+                      max_num_neighbors=max_num_neighbors, max_z=len(self.type_names), dtype=dtype)
+        if arch == "tensornet":
+            from torchmdnet.models.tensornet import TensorNet
+
+            self.representation = TensorNet(static_shapes=False, **common)
+        else:
+            from torchmdnet.models.torchmd_et import TorchMD_ET
+
+            self.representation = TorchMD_ET(**common)
+        self.head = torch.nn.Sequential(torch.nn.Linear(channels, channels // 2, dtype=dtype), torch.nn.SiLU(),
+                                        torch.nn.Linear(channels // 2, 1, dtype=dtype))
+        self.prior = prior
+        self.cutoff = cutoff
+        self.max_num_neighbors = max_num_neighbors
+        reach = max(cutoff, prior.cutoff if prior is not None else 0.0)
+        self.pairs = OptimizedDistance(0.0, reach, max_num_pairs=-max_num_neighbors, return_vecs=False, loop=False,
+                                       resize_to_fit=True, long_edge_index=True)
+        self.to(dtype)  # TensorNet leaves some layers in the default dtype
+
+    def type_index(self, names):
+        missing = sorted(set(names) - set(self.type_names))
+        if missing:
+            raise CgkdError(f"model knows bead types {self.type_names}, the data has {missing}")
+        return torch.tensor([self.type_names.index(n) for n in names], dtype=torch.long)
+
+    def check_neighbors(self, pos, box):
+        """Refuse a frame with more neighbours than the model's budget (TorchMD-Net would drop pairs)."""
+        p = pos.detach().cpu().numpy()
+        b = box.detach().cpu().numpy()
+        need = max_neighbors(p[None], b[None], self.cutoff, margin=1.0, extra=0)
+        if need > self.max_num_neighbors:
+            raise CgkdError(f"a bead has {need} neighbours within {self.cutoff} nm, more than the model's "
+                            f"max_num_neighbors={self.max_num_neighbors}; rebuild the model with a larger budget")
+
+    def forward(self, types, pos, box, batch=None):
+        """Per-bead energies (N,) and total energies per frame (B,) in kJ/mol."""
+        if batch is None:
+            batch = torch.zeros_like(types)
+        x = self.representation(types, pos, batch, box=box)[0]
+        eps = self.head(x).squeeze(-1)
+        n_frames = int(batch.max()) + 1
+        energy = torch.zeros(n_frames, dtype=eps.dtype, device=eps.device).index_add(0, batch, eps)
+        if self.prior is not None:
+            edge_index, edge_weight, _ = self.pairs(pos, batch, box)
+            i, j = edge_index
+            keep = i < j
+            e_prior = self.prior.pair_energy(edge_weight[keep], types[i[keep]], types[j[keep]])
+            energy = energy.index_add(0, batch[i[keep]], e_prior.to(energy.dtype))
+        return eps, energy
+
+    def energy_forces(self, types, pos, box, batch=None, create_graph=False):
+        """(per-bead energies, total energies, forces = -dE/dR)."""
+        pos = pos.requires_grad_(True) if not pos.requires_grad else pos
+        eps, energy = self(types, pos, box, batch)
+        forces = -torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)[0]
+        return eps, energy, forces
+
+
+def build_prior(type_names, r, rdfs, epsilon=2.5):
+    """A RepulsivePrior with each wall at the onset of that type pair's RDF ({(A, B): g})."""
+    from .priors import rdf_onset
+
+    n = len(type_names)
+    r0 = np.zeros((n, n))
+    for (a, b), g in rdfs.items():
+        i, j = type_names.index(a), type_names.index(b)
+        r0[i, j] = r0[j, i] = rdf_onset(r, g)
+    if (r0 == 0).any():
+        raise CgkdError(f"repulsive prior: RDFs missing for some of the type pairs of {type_names}")
+    return RepulsivePrior(r0, epsilon)

@@ -1,0 +1,93 @@
+"""CGPotential and priors: forces are -dE/dR, the prior's OpenMM force equals its torch module, bad input."""
+import numpy as np
+import openmm
+import openmm.unit as u
+import pytest
+import torch
+
+from cgkd import CgkdError, observables
+from cgkd.model import CGPotential, build_prior, max_neighbors
+from cgkd.priors import RepulsivePrior, rdf_onset
+
+
+@pytest.fixture(scope="module")
+def frame():
+    rng = np.random.default_rng(0)
+    n, edge = 60, 2.2
+    pos = rng.uniform(0, edge, size=(n, 3))
+    types = np.array(["A", "B", "C"] * (n // 3))
+    return pos, np.eye(3) * edge, types
+
+
+def test_forces_are_minus_energy_gradient(frame):
+    pos, box, names = frame
+    prior = RepulsivePrior(np.full((3, 3), 0.3))
+    torch.manual_seed(0)
+    m = CGPotential(["A", "B", "C"], cutoff=0.7, channels=16, layers=1, rbf=8, max_num_neighbors=48, prior=prior,
+                    dtype=torch.float64)
+    types = m.type_index(list(names))
+    p = torch.tensor(pos)
+    b = torch.tensor(box)
+    eps, energy, forces = m.energy_forces(types, p.clone(), b)
+    assert eps.shape == (60,) and energy.shape == (1,)
+    with torch.no_grad():
+        assert energy.item() == pytest.approx(eps.sum().item() + prior(types, *m.pairs(p, torch.zeros_like(types), b)[:2]).item())
+    h = 1e-5
+    for a in (0, 7, 31):
+        for k in range(3):
+            plus, minus = p.clone(), p.clone()
+            plus[a, k] += h
+            minus[a, k] -= h
+            with torch.no_grad():
+                fd = -(m(types, plus, b)[1] - m(types, minus, b)[1]).item() / (2 * h)
+            assert fd == pytest.approx(forces[a, k].item(), rel=1e-5, abs=1e-7)
+
+
+def test_repulsive_prior_matches_its_openmm_force(frame):
+    pos, box, names = frame
+    r0 = np.array([[0.45, 0.35, 0.38], [0.35, 0.44, 0.32], [0.38, 0.32, 0.34]])
+    prior = RepulsivePrior(r0)
+    m = CGPotential(["A", "B", "C"], cutoff=0.7, channels=8, rbf=4, max_num_neighbors=48, prior=prior)
+    types = m.type_index(list(names))
+    system = openmm.System()
+    for _ in names:
+        system.addParticle(50.0)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    system.addForce(prior.to_openmm(types.tolist()))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos)
+    state = ctx.getState(getEnergy=True, getForces=True)
+    p = torch.tensor(pos, requires_grad=True)
+    ei, ew, _ = m.pairs(p, torch.zeros_like(types), torch.tensor(box))
+    e = prior(types, ei, ew)
+    f = -torch.autograd.grad(e, p)[0].numpy()
+    assert e.item() > 1.0  # random positions overlap: the walls are active
+    assert state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) == pytest.approx(e.item(), rel=1e-9)
+    assert np.allclose(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer), f,
+                       rtol=1e-8, atol=1e-8)
+    # Zero, with zero slope, at and beyond the wall.
+    r = torch.tensor([0.45, 0.5], dtype=torch.float64, requires_grad=True)
+    u_ = prior.pair_energy(r, torch.tensor([0, 0]), torch.tensor([0, 0]))
+    assert torch.all(u_ == 0) and torch.all(torch.autograd.grad(u_.sum(), r)[0] == 0)
+
+
+def test_prior_walls_sit_at_rdf_onsets():
+    rng = np.random.default_rng(1)
+    pos = rng.uniform(0, 3.0, size=(5, 300, 3))
+    types = np.array(["A"] * 150 + ["B"] * 150)
+    r, g, _ = observables.rdf(pos, np.broadcast_to(np.eye(3) * 3.0, (5, 3, 3)), types, n_bins=150)
+    prior = build_prior(["A", "B"], r, g)
+    assert prior.r0[0, 1] == pytest.approx(rdf_onset(r, g[("A", "B")]))
+    assert prior.r0[0, 1] < 0.1  # an ideal gas has pairs almost down to zero
+
+
+def test_neighbour_budget_is_enforced(frame):
+    pos, box, names = frame
+    need = max_neighbors(pos[None], box[None], 0.7, margin=1.0, extra=0)
+    m = CGPotential(["A", "B", "C"], cutoff=0.7, channels=8, rbf=4, max_num_neighbors=need - 1)
+    with pytest.raises(CgkdError, match="more than the model's max_num_neighbors"):
+        m.check_neighbors(torch.tensor(pos), torch.tensor(box))
+    with pytest.raises(CgkdError, match="the data has \\['X'\\]"):
+        m.type_index(["A", "X"])
+    with pytest.raises(CgkdError, match="symmetric matrix"):
+        RepulsivePrior(np.array([[0.3, 0.2], [0.1, 0.3]]))
