@@ -62,6 +62,33 @@ class MapConfig:
     overwrite: bool = False           # replace an existing output
 
 
+@dataclass
+class TrainConfig:
+    dataset: Optional[str] = None     # CG dataset (H5MD from `cgkd map`) with forces
+    out: str = "model"                # model folder (an ensemble: one member_<k> folder per member)
+    ensemble: int = 1                 # members, differing in seed (initialisation and batch order)
+    workers: int = 1                  # members trained at once (processes; one thread each when > 1)
+    seed: int = 1
+    arch: str = "tensornet"           # tensornet | et (equivariant transformer)
+    channels: int = 32
+    layers: int = 1
+    rbf: int = 16                     # radial basis functions
+    cutoff: float = 1.0               # nm
+    prior_epsilon: float = 2.5        # kJ/mol, strength of the repulsive walls at the RDF onsets
+    loss: str = "mse"                 # mse | mae | mixed (mean of both)
+    epochs: int = 100
+    batch_size: int = 8               # frames per mini-batch
+    lr: float = 1e-3
+    lr_factor: float = 0.5            # ReduceLROnPlateau factor on validation force RMSE
+    lr_patience: int = 3
+    patience: int = 10                # early stopping: epochs without a better validation force RMSE
+    val_fraction: float = 0.1         # contiguous time blocks: train | validation | test
+    test_fraction: float = 0.1
+    max_frames: Optional[int] = None  # use the first n frames of the dataset
+    resume: bool = False              # continue from the last epoch checkpoint of each member
+    overwrite: bool = False           # replace an existing model folder
+
+
 def load(cls, path=None, **overrides):
     """Defaults <- YAML file <- overrides that are not None. Unknown YAML keys are errors."""
     values = {}

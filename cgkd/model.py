@@ -3,6 +3,8 @@
 Positions and boxes in nm, energies in kJ/mol, periodic boxes always. The total energy is the sum of the
 per-bead energies plus the (fixed) prior energy; forces are -dE/dR by autograd.
 """
+from typing import Optional, Tuple
+
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
@@ -37,7 +39,7 @@ class CGPotential(torch.nn.Module):
         self.type_names = list(type_names)
         self.hparams = dict(type_names=self.type_names, cutoff=cutoff, channels=channels, layers=layers, rbf=rbf,
                             arch=arch, max_num_neighbors=max_num_neighbors)
-        common = dict(hidden_channels=channels, num_layers=layers, num_rbf=rbf, cutoff_upper=cutoff,
+        common = dict(hidden_channels=channels, num_layers=layers, num_rbf=rbf, cutoff_lower=0.0, cutoff_upper=float(cutoff),
                       max_num_neighbors=max_num_neighbors, max_z=len(self.type_names), dtype=dtype)
         if arch == "tensornet":
             from torchmdnet.models.tensornet import TensorNet
@@ -72,7 +74,8 @@ class CGPotential(torch.nn.Module):
             raise CgkdError(f"a bead has {need} neighbours within {self.cutoff} nm, more than the model's "
                             f"max_num_neighbors={self.max_num_neighbors}; rebuild the model with a larger budget")
 
-    def forward(self, types, pos, box, batch=None):
+    def forward(self, types: torch.Tensor, pos: torch.Tensor, box: torch.Tensor,
+                batch: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-bead energies (N,) and total energies per frame (B,) in kJ/mol."""
         if batch is None:
             batch = torch.zeros_like(types)
@@ -82,7 +85,7 @@ class CGPotential(torch.nn.Module):
         energy = torch.zeros(n_frames, dtype=eps.dtype, device=eps.device).index_add(0, batch, eps)
         if self.prior is not None:
             edge_index, edge_weight, _ = self.pairs(pos, batch, box)
-            i, j = edge_index
+            i, j = edge_index[0], edge_index[1]
             keep = i < j
             e_prior = self.prior.pair_energy(edge_weight[keep], types[i[keep]], types[j[keep]])
             energy = energy.index_add(0, batch[i[keep]], e_prior.to(energy.dtype))

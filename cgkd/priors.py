@@ -27,6 +27,8 @@ def rdf_onset(r, g, threshold=1e-3):
 class RepulsivePrior(torch.nn.Module):
     """WCA walls per type pair. r0: (n_types, n_types) symmetric tensor of wall positions (nm)."""
 
+    __jit_unused_properties__ = ["cutoff"]
+
     def __init__(self, r0, epsilon=2.5):
         super().__init__()
         r0 = torch.as_tensor(r0, dtype=torch.float64)
@@ -41,14 +43,14 @@ class RepulsivePrior(torch.nn.Module):
 
     def pair_energy(self, r, ti, tj):
         r0 = self.r0.to(r.dtype)[ti, tj]
-        sig6 = (r0 / TWO_SIXTH) ** 6
+        sig6 = r0 ** 6 / 2.0  # sigma = r0 / 2^(1/6)
         x6 = sig6 / r ** 6
         u = 4 * self.epsilon * (x6 * x6 - x6) + self.epsilon
         return torch.where(r < r0, u, torch.zeros_like(u))
 
     def forward(self, types, edge_index, edge_weight):
         """Energy (scalar) of the unique pairs i < j given by edge_index (2, E) with distances (E,)."""
-        i, j = edge_index
+        i, j = edge_index[0], edge_index[1]
         keep = i < j
         return self.pair_energy(edge_weight[keep], types[i[keep]], types[j[keep]]).sum()
 

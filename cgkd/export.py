@@ -1,0 +1,71 @@
+"""TorchScript export of CG potentials and ensembles, loadable by openmmtorch.TorchForce.
+
+The exported module has OpenMM-Torch's interface: forward(positions (N, 3) nm, boxvectors (3, 3) nm) ->
+energy (kJ/mol); the bead types of the N particles are fixed at export. An ensemble exports as one
+module returning the members' mean energy (TorchMD-Net's own Ensemble class cannot be scripted).
+"""
+import copy
+from pathlib import Path
+
+import torch
+
+from .errors import CgkdError
+from .fileio import atomic_path
+
+
+class ExportedPotential(torch.nn.Module):
+    """Mean energy of one or more CGPotentials for fixed bead types (the prior optional)."""
+
+    def __init__(self, models, types, include_prior=True):
+        super().__init__()
+        members = []
+        for m in models:
+            m = copy.deepcopy(m).eval()
+            if not include_prior:
+                m.prior = None
+            members.append(m)
+        self.members = torch.nn.ModuleList(members)
+        self.register_buffer("types", torch.as_tensor(types, dtype=torch.long))
+        # OpenMM-Torch hands over positions in the platform's precision; the model computes in its own.
+        self.register_buffer("probe", torch.zeros(0, dtype=next(members[0].parameters()).dtype))
+        self.scale = 1.0 / len(members)
+
+    def forward(self, positions: torch.Tensor, boxvectors: torch.Tensor) -> torch.Tensor:
+        pos = positions.to(self.probe.dtype)
+        box = boxvectors.to(self.probe.dtype)
+        total = torch.zeros((), dtype=pos.dtype, device=pos.device)
+        for m in self.members:
+            total = total + m(self.types, pos, box)[1].sum()
+        return (total * self.scale).to(positions.dtype)
+
+
+def export(models, bead_types, path, include_prior=True):
+    """Script and save models (a CGPotential or a list: an ensemble) for the given per-bead type names."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    if not models:
+        raise CgkdError("export: no models given")
+    names = models[0].type_names
+    if any(m.type_names != names for m in models):
+        raise CgkdError("export: ensemble members were trained on different bead types")
+    types = models[0].type_index(list(bead_types))
+    module = torch.jit.script(ExportedPotential(models, types, include_prior))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        module.save(str(tmp))
+    return path
+
+
+def torch_force(path, cuda_graphs=False):
+    """An openmmtorch.TorchForce for an exported potential, with periodic boundaries."""
+    import openmmtorch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CgkdError(f"{path}: exported model file does not exist")
+    force = openmmtorch.TorchForce(str(path))
+    force.setUsesPeriodicBoundaryConditions(True)
+    force.setOutputsForces(False)
+    if cuda_graphs:
+        force.setProperty("useCUDAGraphs", "true")
+    return force
