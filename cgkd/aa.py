@@ -66,8 +66,12 @@ class AARun:
                 raise CgkdError(f"{self.chk}: no checkpoint to resume {self.out} from")
             self.meta, self.blob = read_checkpoint(self.chk)
             saved = config.load(config.AAConfig, **self.meta["config"])
-            # The run is defined by the saved config; only where it runs may change on resume.
-            saved.platform, saved.threads, saved.resume = cfg.platform, cfg.threads, True
+            # The run is defined by the saved config; OpenMM checkpoints load only on the platform that wrote
+            # them, so only the thread count may change.
+            if cfg.platform and cfg.platform != self.meta["platform"]:
+                raise CgkdError(f"{self.chk}: written on the {self.meta['platform']} platform; resume it there "
+                                f"(not {cfg.platform})")
+            saved.platform, saved.threads, saved.resume = self.meta["platform"], cfg.threads, True
             cfg = saved
         else:
             check_writable(self.out, cfg.overwrite)
@@ -80,9 +84,11 @@ class AARun:
         self.dt = cfg.dt_fs or (4.0 if cfg.hmr else 2.0)
         self.steps_per_ps = 1000.0 / self.dt
         self.n_npt = int(round(cfg.npt_ps * self.steps_per_ps))
-        self.n_frames = int(round(cfg.nvt_ps * self.steps_per_ps)) // cfg.stride
-        if cfg.stride < 1 or self.n_frames < 1:
+        if cfg.stride < 1 or int(round(cfg.nvt_ps * self.steps_per_ps)) < cfg.stride:
             raise CgkdError(f"stride {cfg.stride} must be >= 1 and leave >= 1 frame in {cfg.nvt_ps} ps of NVT")
+        if cfg.hmr and str(cfg.constraints).lower() == "none":
+            raise CgkdError("--hmr needs constraints on bonds to hydrogen (--constraints HBonds)")
+        self.n_frames = int(round(cfg.nvt_ps * self.steps_per_ps)) // cfg.stride
         self.chk_frames = max(1, int(round(cfg.checkpoint_ps * self.steps_per_ps)) // cfg.stride)
         self.topology, self.positions = systems.load_box(self.spec, cfg.pdb)
         self.system = systems.create_system(self.spec, self.topology, cfg.cutoff, cfg.constraints, cfg.hmr)
@@ -137,7 +143,8 @@ class AARun:
         writer.file.flush()
         meta = {"stage": stage, "step": sim.context.getStepCount(), "frames": len(writer),
                 "npt_samples": writer.cgkd["npt_volume/step"].shape[0], "nvt_volume": volume,
-                "config": json.loads(json.dumps(vars(self.cfg))), "cgkd_version": __version__}
+                "config": json.loads(json.dumps(vars(self.cfg))), "cgkd_version": __version__,
+                "platform": self.platform.getName()}
         write_checkpoint(self.chk, meta, sim.context.createCheckpoint())
         self.meta = meta
 
@@ -174,14 +181,19 @@ class AARun:
             self._checkpoint(sim, writer, stage)
         else:
             stage, volume = self.meta["stage"], self.meta["nvt_volume"]
-            writer = H5MDWriter(self.out)
+            try:
+                writer = H5MDWriter(self.out)
+            except OSError as e:
+                raise CgkdError(f"{self.out}: cannot open the trajectory to resume ({e}); it was damaged when the "
+                                "run stopped: start the run again") from None
             writer.truncate(self.meta["frames"])
-            obs = writer.cgkd["npt_volume"]
-            for key in ("step", "time", "value"):
-                obs[key].resize(self.meta["npt_samples"], axis=0)
+            writer.truncate_series(writer.cgkd["npt_volume"], self.meta["npt_samples"])
             self._trim_log(self.meta["step"])
             sim = self._simulation(barostat=stage == "npt")
-            sim.context.loadCheckpoint(self.blob)
+            try:
+                sim.context.loadCheckpoint(self.blob)
+            except Exception as e:  # OpenMM raises its own exception type for foreign checkpoints
+                raise CgkdError(f"{self.chk}: cannot load the checkpoint ({e})") from None
         bar = tqdm(total=total, initial=sim.context.getStepCount(), unit="step", disable=not progress,
                    desc=f"cgkd aa {self.spec.name}")
         self._t0, self._steps0 = time.perf_counter(), sim.context.getStepCount()

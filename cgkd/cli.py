@@ -87,7 +87,8 @@ def cmd_map(args):
         raise CgkdError("cgkd map: --traj (an AA trajectory with forces) is required")
     spec_path = cfg.mapping or systems.load_system(cfg.system).path / "mapping.yaml"
     spec = mapping.MappingSpec.load(spec_path)
-    reader = readers.open_trajectory(cfg.traj, cfg.topology, cfg.format, cfg.lammps_units, cfg.constraints)
+    reader = readers.open_trajectory(cfg.traj, cfg.topology, cfg.format, cfg.lammps_units, cfg.constraints,
+                                     cfg.dt_ps)
     summary = mapping.map_trajectory(reader, spec, cfg.out, cfg.chunk, cfg.overwrite, config_text=config.to_yaml(cfg))
     print(json.dumps(summary, indent=2))
 

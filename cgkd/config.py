@@ -51,10 +51,11 @@ class AAConfig:
 @dataclass
 class MapConfig:
     traj: Optional[str] = None        # AA trajectory with forces: cgkd H5MD, TRR, LAMMPS dump or extended XYZ
-    topology: Optional[str] = None    # GRO/PDB/TPR/DATA for non-H5MD input (atom count and order are checked)
+    topology: Optional[str] = None    # PDB (with elements) or TPR for non-H5MD input (count and order are checked)
     format: Optional[str] = None      # h5md | trr | lammpsdump | xyz (default: from the suffix)
     lammps_units: str = "real"        # LAMMPS dump units: real (kcal/mol/A) or metal (eV/A)
     constraints: str = "none"         # non-H5MD input: none | hbonds (H5MD records its own constrained pairs)
+    dt_ps: Optional[float] = None     # LAMMPS dump: MD time step (time = step x dt); extended XYZ: frame spacing
     system: str = "ethaline"          # default mapping: systems/<system>/mapping.yaml
     mapping: Optional[str] = None     # mapping YAML (see `cgkd map --help`)
     out: str = "cg.h5"                # CG dataset (H5MD, float32, gzip); CG topology PDB beside it

@@ -109,15 +109,22 @@ class H5MDWriter:
                     {k: [v] for k, v in (observables or {}).items()},
                     **{k: np.asarray(v)[None] for k, v in fields.items()})
 
+    @staticmethod
+    def truncate_series(g, n):
+        """Keep the first n entries of the time-series group g."""
+        for key in ("step", "time", "value"):
+            if g[key].shape[0] > n:
+                g[key].resize(n, axis=0)
+
     def truncate(self, n_frames):
-        """Keep the first n_frames frames of every time series (all series share the same frame count)."""
+        """Keep the first n_frames frames of the per-frame series (/particles/<group> and /observables)."""
 
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] in ("step", "time", "value") \
-                    and obj.maxshape[0] is None and obj.shape[0] > n_frames:
-                obj.resize(n_frames, axis=0)
+            if isinstance(obj, h5py.Group) and "step" in obj and "value" in obj:
+                self.truncate_series(obj, n_frames)
 
-        self.file.visititems(visit)
+        self.particles.visititems(visit)
+        self.file["observables"].visititems(visit)
         self.file.flush()
 
     def close(self):

@@ -74,7 +74,12 @@ class MappingSpec:
                     if key not in b:
                         raise CgkdError(f"{where}.beads[{i}]: missing '{key}'")
                 atoms = ["all"] if b["atoms"] == "all" else [str(a) for a in b["atoms"]]
+                if len(set(atoms)) != len(atoms):
+                    dup = sorted({a for a in atoms if atoms.count(a) > 1})
+                    raise CgkdError(f"{where}.beads[{i}]: atoms {dup} listed twice")
                 w = b.get("weights", "mass")
+                if not isinstance(w, str) and atoms == ["all"]:
+                    raise CgkdError(f"{where}.beads[{i}].weights: numbers need the atoms listed by name, not 'all'")
                 if isinstance(w, str) and w not in WEIGHT_KINDS:
                     raise CgkdError(f"{where}.beads[{i}].weights: expected mass, geometry or numbers, got {w!r}")
                 if not isinstance(w, str):
@@ -238,23 +243,31 @@ def constraint_groups(n_atoms, pairs):
     return G
 
 
-def residue_copies(op, residue_names, residue_ids):
-    """{residue name: (copies, atoms per copy) index array} for the residues of a topology."""
+def residue_copies(residue_names, residue_ids, atom_names, wanted):
+    """{residue name: (copies, atoms per copy) index array} for the residues in `wanted`; every copy must list
+    the same atom names in the same order (the optimal map is fitted per position in the residue)."""
     residue_ids = np.asarray(residue_ids)
     starts = np.flatnonzero(np.r_[True, residue_ids[1:] != residue_ids[:-1]])
     ends = np.r_[starts[1:], len(residue_ids)]
     out = {}
     for s, e in zip(starts, ends):
-        out.setdefault(str(residue_names[s]), []).append(np.arange(s, e))
+        if str(residue_names[s]) in wanted:
+            out.setdefault(str(residue_names[s]), []).append(np.arange(s, e))
+    for res, copies in out.items():
+        first = [atom_names[a] for a in copies[0]]
+        for c in copies[1:]:
+            if [atom_names[a] for a in c] != first:
+                raise CgkdError(f"residue {res}: copies list different atoms or orders (atoms {c[0]}-{c[-1]}); "
+                                "the optimal force map needs identical copies")
     return {k: np.array(v) for k, v in out.items()}
 
 
-def fit_optimal(op, spec, residue_names, residue_ids, constraints, force_blocks):
+def fit_optimal(op, spec, residue_names, residue_ids, atom_names, constraints, force_blocks):
     """Replace the force rows of every residue whose map is `optimal` by the fitted optimal map.
 
     force_blocks: an iterable of (f, n_atoms, 3) force arrays (streamed). Returns {residue: stats}."""
-    copies = {r: c for r, c in residue_copies(op, residue_names, residue_ids).items()
-              if spec.residues[r].force_map == "optimal"}
+    optimal = {r for r, m in spec.residues.items() if m.force_map == "optimal"}
+    copies = residue_copies(residue_names, residue_ids, atom_names, optimal)
     if not copies:
         return {}
     moments = {r: np.zeros((c.shape[1], c.shape[1])) for r, c in copies.items()}
@@ -288,7 +301,12 @@ def fit_optimal(op, spec, residue_names, residue_ids, constraints, force_blocks)
 def write_cg_pdb(path, op, positions, box):
     """A CG topology PDB: one pseudo-atom per bead (name = bead name, residue = AA residue)."""
     a, b, c = np.linalg.norm(box, axis=1) * 10.0
-    lines = [f"CRYST1{a:9.3f}{b:9.3f}{c:9.3f}  90.00  90.00  90.00 P 1           1"]
+
+    def angle(u, v):
+        return np.degrees(np.arccos(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))))
+
+    alpha, beta, gamma = angle(box[1], box[2]), angle(box[0], box[2]), angle(box[0], box[1])
+    lines = [f"CRYST1{a:9.3f}{b:9.3f}{c:9.3f}{alpha:7.2f}{beta:7.2f}{gamma:7.2f} P 1           1"]
     for i, (name, res, rid, xyz) in enumerate(zip(op.bead_names, op.residue_names, op.bead_residues,
                                                   positions * 10.0)):
         lines.append(f"HETATM{(i + 1) % 100000:5d} {name[:4]:<4s} {res[:3]:>3s} A{(rid + 1) % 10000:4d}    "
@@ -310,7 +328,7 @@ def map_trajectory(reader, spec, out, chunk=256, overwrite=False, progress=True,
     top = reader.topology
     op = build_operators(spec, top.atom_names, top.residue_names, top.residue_ids, top.masses,
                          top.constraints, where=str(reader.path))
-    stats = fit_optimal(op, spec, top.residue_names, top.residue_ids, top.constraints,
+    stats = fit_optimal(op, spec, top.residue_names, top.residue_ids, top.atom_names, top.constraints,
                         (b[1] for b in reader.blocks(chunk)))
     pdb_out = out.with_suffix(".pdb")
     with atomic_path(out) as tmp:

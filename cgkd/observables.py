@@ -37,6 +37,12 @@ def _check_types(types, wanted, where):
         raise CgkdError(f"{where}: no beads of type {missing} (have {sorted(set(types))})")
 
 
+def _in_box(pos, edge):
+    """Wrap into [0, edge) exactly (np.mod can return edge itself for tiny negatives)."""
+    p = np.mod(pos, edge)
+    return np.where(p >= edge, p - edge, p)
+
+
 def _pairs(tree, pos, edge, r_max):
     """All unordered pairs within r_max: (i, j, minimum-image vector j - i, distance)."""
     ij = tree.query_pairs(r_max, output_type="ndarray")
@@ -65,9 +71,12 @@ def rdf(positions, boxes, types, r_max=None, n_bins=200, pairs=None, progress=Fa
     count = {t: int((types == t).sum()) for t in names}
     g = {p: np.zeros(n_bins) for p in pairs}
     rho = {t: 0.0 for t in names}
+    for (a, b) in pairs:
+        if a == b and count[a] < 2:
+            raise CgkdError(f"{where}: one bead of type {a}: no {a}-{a} pairs for an RDF")
     for f in tqdm(range(len(positions)), disable=not progress, desc="RDF", unit="frame"):
         edge = edges[f]
-        pos = np.mod(positions[f], edge)
+        pos = _in_box(positions[f], edge)
         vol = np.prod(edge)
         i, j, _, r = _pairs(cKDTree(pos, boxsize=edge), pos, edge, r_max)
         ci, cj = code[i], code[j]
@@ -88,14 +97,16 @@ def rdf(positions, boxes, types, r_max=None, n_bins=200, pairs=None, progress=Fa
     return r, g, cn
 
 
-def first_minimum(r, g):
-    """r of the first minimum after the first peak of g(r) (the first-shell cutoff)."""
-    peak = int(np.argmax(g))
+def first_minimum(r, g, rise=3):
+    """r of the first minimum after the main peak of g(r) (the first-shell cutoff), on a smoothed curve:
+    the first point after the peak followed by `rise` consecutive increases (noise does not stop it early)."""
     smooth = np.convolve(g, np.ones(5) / 5, mode="same")
-    after = smooth[peak:]
-    rising = np.flatnonzero(np.diff(after) > 0)
-    k = peak + (rising[0] if len(rising) else len(after) - 1)
-    return float(r[k])
+    peak = int(np.argmax(smooth))
+    up = np.diff(smooth[peak:]) > 0
+    for k in range(len(up) - rise + 1):
+        if up[k:k + rise].all():
+            return float(r[peak + k])
+    return float(r[peak + int(np.argmin(smooth[peak:]))])
 
 
 def _triplets(positions, boxes, types, center, neighbours, cutoffs, progress, where, desc):
@@ -110,7 +121,7 @@ def _triplets(positions, boxes, types, center, neighbours, cutoffs, progress, wh
     is_c = types == center
     for f in tqdm(range(len(positions)), disable=not progress, desc=desc, unit="frame"):
         edge = edges[f]
-        pos = np.mod(positions[f], edge)
+        pos = _in_box(positions[f], edge)
         i, j, d, r = _pairs(cKDTree(pos, boxsize=edge), pos, edge, r_cut)
         # Directed edges centre -> neighbour, in both directions of each pair.
         c = np.r_[i, j]

@@ -80,7 +80,7 @@ def _scores(o, ref, D, D_ref):
         out[f"adf {nb[0]}-{c}-{nb[1]}"] = obs.jensen_shannon(p, ref["adf"][(c, nb)][1])
         out[f"cdf {nb[0]}-{c}-{nb[1]}"] = obs.jensen_shannon(o["cdf"][(c, nb)][2], ref["cdf"][(c, nb)][2])
     for t in D_ref:
-        out[f"D {t}"] = (D[t] - D_ref[t]) / D_ref[t]
+        out[f"D {t}"] = abs(D[t] - D_ref[t]) / D_ref[t]
     return out
 
 
@@ -131,7 +131,8 @@ def compare(reference, models, out, settings=None, progress=True):
         keys = per_replica[0][0]
         results[name] = {key: {"mean": float(np.mean([p[0][key] for p in per_replica])),
                                "std_replicas": float(np.std([p[0][key] for p in per_replica])) if len(trs) > 1 else None,
-                               "sem_blocks": per_replica[0][1][key], "replicas": len(trs)} for key in keys}
+                               "sem_blocks": _mean_or_none([p[1][key] for p in per_replica]),
+                               "replicas": len(trs)} for key in keys}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"reference": str(reference), "models": {k: [str(p) for p in v] for k, v in models.items()},
@@ -142,6 +143,12 @@ def compare(reference, models, out, settings=None, progress=True):
     plots = plot_all(curves, out)
     (out / "report.md").write_text(markdown(results, meta, plots))
     return {"out": str(out), "scores": results, "plots": plots}
+
+
+def _mean_or_none(values):
+    """Mean of the replicas' block standard errors (None when the runs were too short for blocks)."""
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _count(types):
@@ -241,7 +248,7 @@ def markdown(results, meta, plots):
     lines = ["# cgkd comparison with the AA reference", "",
              f"Reference: `{meta['reference']}`; RDF up to {meta['r_max_nm']:.3f} nm; first-shell cutoffs from the "
              "reference RDFs. Scores: RDF error ∫|g−g_ref|dr/∫g_ref dr, Jensen–Shannon divergence (bits) of ADF "
-             "and CDF, relative error of the diffusion coefficient D (fit window "
+             "and CDF, |relative error| of the diffusion coefficient D (signed values below; fit window "
              f"{meta['fit_window_ps'][0]:.3g}–{meta['fit_window_ps'][1]:.3g} ps). ± block standard error; "
              "replicas ± std. Lower is better.", "",
              "| score | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

@@ -54,7 +54,7 @@ def load_system(name_or_path, forcefield=None):
     p = Path(name_or_path)
     if p.is_file():
         p = p.parent
-    elif not p.is_dir():
+    elif not (p / "system.yaml").is_file():  # a name, or a local folder that merely shares it
         p = SYSTEMS_DIR / str(name_or_path)
     yml = p / "system.yaml"
     if not yml.is_file():

@@ -143,6 +143,35 @@ def test_resume_neither_loses_nor_duplicates_frames(small_run, tmp_path, monkeyp
     assert steps == sorted(set(steps)) and len(steps) == len(open(full_cfg.out + ".log.csv").read().splitlines()) - 1
 
 
+def test_resume_during_npt_keeps_the_volume_history(small_box, tmp_path, monkeypatch):
+    from cgkd import aa
+
+    cfg = config.AAConfig(pdb=str(small_box), out=str(tmp_path / "npt.h5"), **{**SMALL, "npt_ps": 0.8, "nvt_ps": 0.16})
+    original = aa.AARun._log
+    calls = {"n": 0}
+
+    def crash_in_npt(self, stage, *a):
+        calls["n"] += 1
+        if calls["n"] == 4:  # NPT samples 1-3 logged, checkpoint after sample 2
+            raise KeyboardInterrupt
+        return original(self, stage, *a)
+
+    monkeypatch.setattr(aa.AARun, "_log", crash_in_npt)
+    with pytest.raises(KeyboardInterrupt):
+        run_aa(cfg, progress=False)
+    monkeypatch.setattr(aa.AARun, "_log", original)
+    meta, _ = read_checkpoint(cfg.out + ".chk")
+    assert meta["stage"] == "npt" and meta["npt_samples"] == 2
+    summary = run_aa(config.AAConfig(out=cfg.out, resume=True), progress=False)
+    with H5MDTrajectory(cfg.out) as t:
+        vols = t.cgkd["npt_volume/value"][:]
+        steps = t.cgkd["npt_volume/step"][:]
+    assert len(vols) == 10 and np.all(np.diff(steps) == 20) and np.all(vols > 3.5)
+    assert summary["nvt_volume_nm3"] == pytest.approx(vols[5:].mean())
+    with pytest.raises(CgkdError, match="written on the CPU platform; resume it there"):
+        run_aa(config.AAConfig(out=cfg.out, resume=True, platform="Reference"), progress=False)
+
+
 def test_resume_without_checkpoint_and_overwrite(small_box, tmp_path):
     with pytest.raises(CgkdError, match="no checkpoint to resume"):
         run_aa(config.AAConfig(out=str(tmp_path / "none.h5"), resume=True))

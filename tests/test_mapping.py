@@ -123,8 +123,8 @@ def test_optimal_force_map_gives_the_known_mean_force_with_less_noise():
     for kind in ("sum", "optimal"):
         op = mapping.build_operators(spec_opt, **top)
         # Without the fit, W is the plain sum of atomic forces.
-        stats = mapping.fit_optimal(op, spec_opt, top["residue_names"], top["residue_ids"], np.zeros((0, 2)),
-                                    [frc]) if kind == "optimal" else {}
+        stats = mapping.fit_optimal(op, spec_opt, top["residue_names"], top["residue_ids"], top["atom_names"],
+                                    np.zeros((0, 2)), [frc]) if kind == "optimal" else {}
         R, F = mapping.map_block(op, pos, frc, box)
         x = (R - centres[:, 0]).ravel()
         y = F.ravel()
@@ -168,6 +168,12 @@ def test_invalid_mappings_are_named(aa, residues, message):
 
 
 def test_bad_weights_and_constraint_across_beads(aa):
+    with pytest.raises(CgkdError, match=r"atoms \['CL'\] listed twice"):
+        mapping.MappingSpec.from_dict({"residues": {"CL": {"beads": [{"name": "A", "type": "A",
+                                                                       "atoms": ["CL", "CL"]}]}}}, "d.yaml")
+    with pytest.raises(CgkdError, match="numbers need the atoms listed by name"):
+        mapping.MappingSpec.from_dict({"residues": {"CL": {"beads": [{"name": "A", "type": "A", "atoms": "all",
+                                                                       "weights": [1.0]}]}}}, "w.yaml")
     with pytest.raises(CgkdError, match="weights: need 2 non-negative numbers"):
         mapping.MappingSpec.from_dict({"residues": {"CL": {"beads": [
             {"name": "A", "type": "A", "atoms": ["CL", "X"], "weights": [0, 0]}]}}}, "w.yaml")
@@ -207,3 +213,32 @@ def test_trr_maps_to_the_same_dataset_as_h5md(small_run, tmp_path):
     assert np.allclose(outs["h5"][1], outs["trr"][1], rtol=1e-4, atol=1e-2)
     assert np.allclose(outs["h5"][2], outs["trr"][2], atol=1e-5)
     assert len(readers.open_trajectory(trr, top, constraints="hbonds").topology.constraints) == 260
+
+
+def test_extended_xyz_maps_like_h5md_and_masses_come_from_elements(small_run, tmp_path):
+    import ase
+    import ase.calculators.singlepoint
+    import ase.io
+
+    cfg, _ = small_run
+    h5 = readers.open_trajectory(cfg.out)
+    top = tmp_path / "aa.pdb"
+    top.write_text(h5.topology.pdb_text)
+    pos, frc, box, _, _ = next(h5.blocks(3))
+    frames = []
+    for p, f, b in zip(pos, frc, box):
+        at = ase.Atoms(symbols=h5.topology.elements, positions=p * 10.0, cell=b * 10.0, pbc=True)
+        at.calc = ase.calculators.singlepoint.SinglePointCalculator(at, forces=f / readers.EV / 10.0, energy=0.0)
+        frames.append(at)
+    xyz = tmp_path / "aa.extxyz"
+    ase.io.write(str(xyz), frames, format="extxyz")
+    with pytest.raises(CgkdError, match="give --dt-ps"):
+        readers.open_trajectory(xyz, top)
+    rx = readers.open_trajectory(xyz, top, dt_ps=2.0)
+    assert np.allclose(rx.topology.masses, h5.topology.masses, atol=2e-3)  # element masses, not HMR ones
+    op = _ops(ONE_BEAD, h5.topology)
+    R1, F1 = mapping.map_block(op, pos, frc, box)
+    p2, f2, b2, steps, times = next(rx.blocks(3))
+    R2, F2 = mapping.map_block(op, p2, f2, b2)
+    assert np.allclose(R1, R2, atol=1e-5) and np.allclose(F1, F2, rtol=1e-5, atol=1e-3)
+    assert np.allclose(times, [0.0, 2.0, 4.0])
