@@ -15,6 +15,8 @@ HELP = {
     "build": "pack an AA box of a DES with packmol at its experimental density",
     "aa": "AA MD with forces: minimise, NPT equilibrate, NVT production to H5MD (resumable)",
     "map": "map an AA trajectory with forces to a CG dataset (bead positions, mapped forces) in H5MD",
+    "train": "force matching: train a CG potential or an ensemble (--ensemble N) on a CG dataset",
+    "export": "TorchScript export of a model or ensemble for openmmtorch.TorchForce",
     "compare": "score CG trajectories against the mapped AA reference: RDF, ADF, CDF, diffusion; report + plots",
     "demo": "run the pipeline at demo scale (currently: build, a short AA run with forces, map to CG beads)",
 }
@@ -93,6 +95,39 @@ def cmd_map(args):
     print(json.dumps(summary, indent=2))
 
 
+def cmd_train(args):
+    from .train import train
+
+    metas = train(_config(config.TrainConfig, args))
+    for k, m in enumerate(metas):
+        t = m["metrics"]["test"]["all"]
+        print(f"member {k} (seed {m['seed']}): test force RMSE {t['rmse']:.2f} kJ/mol/nm, MAE {t['mae']:.2f}; "
+              f"force-energy consistency {m['force_energy_consistency_max_rel']:.1e}")
+
+
+def cmd_export(args):
+    from pathlib import Path
+
+    from .export import export
+    from .train import load_model
+
+    src = Path(args.model)
+    members = sorted(src.glob("member_*")) if not (src / "model.pt").exists() else [src]
+    if not members:
+        raise CgkdError(f"{src}: no model.pt and no member_* folders: not a cgkd model or ensemble")
+    models = [load_model(m) for m in members]
+    from .report import Traj
+
+    types = Traj(args.topology).types if args.topology else None
+    if types is None:
+        raise CgkdError("cgkd export: --topology (a CG dataset or trajectory giving the bead types) is required")
+    out = Path(args.out or src / "model.ts")
+    if out.exists() and not args.overwrite:
+        raise CgkdError(f"{out}: output exists; pass --overwrite to replace it")
+    export(models, list(types), out, include_prior=not args.no_prior)
+    print(f"wrote {out}: {len(models)} member(s), {len(types)} beads, energy in kJ/mol from positions in nm")
+
+
 def cmd_compare(args):
     from . import report
 
@@ -153,6 +188,16 @@ def parser():
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_flags(m, config.MapConfig)
     m.set_defaults(func=cmd_map)
+    t = sub.add_parser("train", help=HELP["train"], description=HELP["train"])
+    _add_config_flags(t, config.TrainConfig)
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("export", help=HELP["export"], description=HELP["export"])
+    e.add_argument("--model", required=True, help="model folder (model.pt) or ensemble folder (member_*)")
+    e.add_argument("--topology", help="CG dataset/trajectory whose bead types (in order) the export is for")
+    e.add_argument("--out", help="TorchScript file (default: <model>/model.ts)")
+    e.add_argument("--no-prior", action="store_true", help="leave the prior out (add it as native OpenMM forces)")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=cmd_export)
     c = sub.add_parser("compare", help=HELP["compare"], description=HELP["compare"])
     c.add_argument("--reference", required=True, help="CG dataset of the mapped AA reference (H5MD from cgkd map)")
     c.add_argument("--model", action="append", help="NAME=PATH[,PATH...]: a model's CG trajectories (replicas)")

@@ -5,6 +5,7 @@ energy (kJ/mol); the bead types of the N particles are fixed at export. An ensem
 module returning the members' mean energy (TorchMD-Net's own Ensemble class cannot be scripted).
 """
 import copy
+import functools
 from pathlib import Path
 
 import torch
@@ -56,9 +57,28 @@ def export(models, bead_types, path, include_prior=True):
     return path
 
 
+@functools.lru_cache(maxsize=None)
+def load_torch_plugins():
+    """Load OpenMM-Torch's platform kernels that failed to load because openmm was imported before torch
+    (they need libraries that torch brings into the process)."""
+    import re
+
+    import openmm
+
+    for failure in openmm.Platform.getPluginLoadFailures():
+        m = re.match(r"Error loading library (\S*OpenMMTorch\S*\.so):", failure)
+        if m:
+            try:
+                openmm.Platform.loadPluginLibrary(m.group(1))
+            except Exception:  # e.g. the OpenCL kernels on a machine without OpenCL
+                pass
+
+
 def torch_force(path, cuda_graphs=False):
     """An openmmtorch.TorchForce for an exported potential, with periodic boundaries."""
     import openmmtorch
+
+    load_torch_plugins()
 
     path = Path(path)
     if not path.is_file():

@@ -1,0 +1,113 @@
+"""Training, exact resume, metadata, bad input, and the TorchScript/TorchForce export."""
+import json
+
+import numpy as np
+import openmm
+import openmm.unit as u
+import pytest
+import torch
+
+from cgkd import CgkdError, config, mapping, readers
+from cgkd.export import export, torch_force
+from cgkd.h5md import H5MDTrajectory, H5MDWriter
+from cgkd.systems import SYSTEMS_DIR
+from cgkd.train import load_model, train
+
+FAST = dict(epochs=2, batch_size=4, cutoff=0.7, channels=8, rbf=4, val_fraction=0.2, test_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def cg(small_run, tmp_path_factory):
+    cfg, _ = small_run
+    out = tmp_path_factory.mktemp("cgtrain") / "cg.h5"
+    spec = mapping.MappingSpec.load(SYSTEMS_DIR / "ethaline" / "mapping.yaml")
+    return mapping.map_trajectory(readers.open_trajectory(cfg.out), spec, out, progress=False)["out"]
+
+
+@pytest.fixture(scope="module")
+def trained(cg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "ens"
+    metas = train(config.TrainConfig(dataset=cg, out=str(out), ensemble=2, **FAST), progress=False)
+    return out, metas
+
+
+def test_ensemble_metadata_and_contiguous_split(trained):
+    out, metas = trained
+    assert [m["seed"] for m in metas] == [1, 2]
+    meta = json.loads((out / "member_0" / "metadata.json").read_text())
+    assert meta["split"] == {"train": [0, 6], "val": [6, 8], "test": [8, 10]}
+    assert set(meta["metrics"]["test"]) == {"all", "CHO", "CL", "EGL"}
+    assert meta["force_energy_consistency_max_rel"] < 1e-4
+    assert meta["bead_types"] == ["CHO", "CL", "EGL"] and meta["hparams"]["cutoff"] == 0.7
+    rows = (out / "member_0" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_force_rmse") and len(rows) == 3
+    # Members differ in seed, so in their predictions.
+    a, b = (load_model(out / f"member_{k}") for k in (0, 1))
+    assert not torch.allclose(a.head[0].weight, b.head[0].weight)
+
+
+def test_resume_continues_exactly(cg, tmp_path):
+    full = config.TrainConfig(dataset=cg, out=str(tmp_path / "full"), **{**FAST, "epochs": 3})
+    train(full, progress=False)
+    part = config.TrainConfig(dataset=cg, out=str(tmp_path / "part"), **{**FAST, "epochs": 2})
+    train(part, progress=False)
+    train(config.TrainConfig(**{**vars(part), "epochs": 3, "resume": True}), progress=False)
+    rows = [(tmp_path / d / "member_0" / "metrics.csv").read_text().splitlines() for d in ("full", "part")]
+    losses = [[float(r.split(",")[1]) for r in rr[1:]] for rr in rows]
+    assert len(losses[1]) == 3 and np.allclose(losses[0], losses[1], rtol=1e-6)
+
+
+def test_bad_inputs(cg, trained, tmp_path):
+    out, _ = trained
+    with pytest.raises(CgkdError, match="output exists"):
+        train(config.TrainConfig(dataset=cg, out=str(out), **FAST), progress=False)
+    with pytest.raises(CgkdError, match="larger than half the box"):
+        train(config.TrainConfig(dataset=cg, out=str(tmp_path / "big"), **{**FAST, "cutoff": 2.0}), progress=False)
+    noforce = tmp_path / "noforce.h5"
+    with H5MDTrajectory(cg) as t:
+        pos, box = t.positions(), t.boxes()
+        types = t.cgkd["bead_types"][:]
+    w = H5MDWriter.create(noforce, pos.shape[1], group="cg", fields=("position",))
+    w.extend(np.arange(len(pos)), np.arange(len(pos), dtype=float), box, position=pos)
+    w.cgkd.create_dataset("bead_types", data=types)
+    w.close()
+    with pytest.raises(CgkdError, match="no forces in this dataset"):
+        train(config.TrainConfig(dataset=str(noforce), out=str(tmp_path / "nf"), **FAST), progress=False)
+    junk = tmp_path / "junk" / "model.pt"
+    junk.parent.mkdir()
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CgkdError, match="not a readable cgkd checkpoint"):
+        load_model(junk.parent)
+    torch.save({"some": "thing"}, junk)
+    with pytest.raises(CgkdError, match="not a cgkd model checkpoint"):
+        load_model(junk.parent)
+    model = load_model(out / "member_0")
+    with pytest.raises(CgkdError, match="the data has \\['URE'\\]"):
+        export(model, ["CHO", "URE"], tmp_path / "x.ts")
+
+
+def test_torchforce_matches_eager_ensemble(cg, trained, tmp_path):
+    out, _ = trained
+    models = [load_model(out / f"member_{k}") for k in (0, 1)]
+    with H5MDTrajectory(cg) as t:
+        pos, box = t.positions(0).astype(np.float64), t.boxes(0)
+        names = [x.decode() for x in t.cgkd["bead_types"][:]]
+    path = export(models, names, tmp_path / "ens.ts")
+    system = openmm.System()
+    for _ in names:
+        system.addParticle(100.0)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    system.addForce(torch_force(path))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+    ctx.setPositions(pos)
+    state = ctx.getState(getEnergy=True, getForces=True)
+    types = models[0].type_index(names)
+    energies, forces = [], []
+    for m in models:
+        _, e, f = m.energy_forces(types, torch.tensor(pos, dtype=torch.float32), torch.tensor(box, dtype=torch.float32))
+        energies.append(e.item())
+        forces.append(f.detach().numpy())
+    e_ref, f_ref = np.mean(energies), np.mean(forces, axis=0)
+    assert state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) == pytest.approx(e_ref, rel=1e-4, abs=1e-4)
+    f_omm = state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+    assert np.abs(f_omm - f_ref).max() <= 1e-4 * np.abs(f_ref).max() + 1e-5
