@@ -32,7 +32,7 @@ class CGPotential(torch.nn.Module):
     """A TorchMD-Net CG potential with a per-bead energy head and a fixed prior."""
 
     def __init__(self, type_names, cutoff=1.0, channels=32, layers=1, rbf=16, arch="tensornet",
-                 max_num_neighbors=64, prior=None, dtype=torch.float32):
+                 max_num_neighbors=64, prior=None, bonded=None, molecules=None, dtype=torch.float32):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise CgkdError(f"model: arch must be one of {ARCHITECTURES}, got {arch!r}")
@@ -52,6 +52,9 @@ class CGPotential(torch.nn.Module):
         self.head = torch.nn.Sequential(torch.nn.Linear(channels, channels // 2, dtype=dtype), torch.nn.SiLU(),
                                         torch.nn.Linear(channels // 2, 1, dtype=dtype))
         self.prior = prior
+        self.bonded = bonded
+        # Molecule of each bead of a frame: walls act between molecules only (empty: every bead its own).
+        self.register_buffer("molecule", torch.as_tensor(molecules if molecules is not None else [], dtype=torch.long))
         self.cutoff = cutoff
         self.max_num_neighbors = max_num_neighbors
         reach = max(cutoff, prior.cutoff if prior is not None else 0.0)
@@ -87,9 +90,35 @@ class CGPotential(torch.nn.Module):
             edge_index, edge_weight, _ = self.pairs(pos, batch, box)
             i, j = edge_index[0], edge_index[1]
             keep = i < j
+            if self.molecule.numel() > 0:
+                n = self.molecule.shape[0]
+                keep = keep & (self.molecule[i % n] != self.molecule[j % n])
             e_prior = self.prior.pair_energy(edge_weight[keep], types[i[keep]], types[j[keep]])
             energy = energy.index_add(0, batch[i[keep]], e_prior.to(energy.dtype))
+        if self.bonded is not None:
+            energy = energy + self.bonded(pos, box, n_frames).to(energy.dtype)
         return eps, energy
+
+    def priors_state(self):
+        """Constructor arguments of the priors (for checkpoints)."""
+        b = self.bonded
+        return {"r0": self.prior.r0 if self.prior is not None else None,
+                "epsilon": self.prior.epsilon if self.prior is not None else None,
+                "bonded": None if b is None else {k: getattr(b, k) for k in ("bonds", "b0", "kb", "angles", "a0", "ka")},
+                "molecules": self.molecule}
+
+    @classmethod
+    def from_state(cls, hparams, priors, weights=None, dtype=torch.float32):
+        """Rebuild a CGPotential from its hyperparameters, priors_state() and (optionally) its weights."""
+        from .priors import BondedPrior, RepulsivePrior
+
+        prior = RepulsivePrior(priors["r0"], priors["epsilon"]) if priors["r0"] is not None else None
+        bonded = BondedPrior(**priors["bonded"]) if priors["bonded"] is not None else None
+        molecules = priors["molecules"] if len(priors["molecules"]) else None
+        model = cls(**hparams, prior=prior, bonded=bonded, molecules=molecules, dtype=dtype)
+        if weights is not None:
+            model.load_state_dict(weights)
+        return model
 
     def energy_forces(self, types, pos, box, batch=None, create_graph=False):
         """(per-bead energies, total energies, forces = -dE/dR)."""

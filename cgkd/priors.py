@@ -6,7 +6,7 @@ where the mapped RDF of that pair starts: zero (with zero slope) wherever the da
     U(r) = 4 eps [(sigma/r)^12 - (sigma/r)^6] + eps   for r < r0,   0 otherwise.
 
 Beads of one molecule (multi-bead mappings) are excluded from the wall; their bonds and angles get
-harmonic priors (not built here yet).
+harmonic priors fitted by Boltzmann inversion (BondedPrior).
 """
 import numpy as np
 import torch
@@ -71,3 +71,98 @@ class RepulsivePrior(torch.nn.Module):
         f.setUseLongRangeCorrection(False)
         f.setName("cgkd repulsive prior")
         return f
+
+
+def _min_image(d, box):
+    """Minimum-image vectors d (frames, m, 3) for boxes (frames, 3, 3) with box vectors as rows."""
+    frac = torch.einsum("fmk,fkj->fmj", d, torch.linalg.inv(box))
+    return torch.einsum("fmk,fkj->fmj", frac - torch.round(frac), box)
+
+
+def _angle(a, b, c, box):
+    u = _min_image(a - b, box)
+    v = _min_image(c - b, box)
+    cos = (u * v).sum(-1) / torch.sqrt((u * u).sum(-1) * (v * v).sum(-1))
+    return torch.acos(torch.clamp(cos, -1.0, 1.0))
+
+
+class BondedPrior(torch.nn.Module):
+    """Harmonic bonds and angles between the beads of multi-bead molecules, fitted by Boltzmann inversion:
+    for a Gaussian distribution of a bond length (angle) x, U = k/2 (x - x0)^2 with x0 = <x>, k = kT/var(x).
+    Indices refer to the beads of one frame; batched frames are offset automatically."""
+
+    def __init__(self, bonds, b0, kb, angles, a0, ka):
+        super().__init__()
+        self.register_buffer("bonds", torch.as_tensor(np.asarray(bonds).reshape(-1, 2), dtype=torch.long))
+        self.register_buffer("b0", torch.as_tensor(b0, dtype=torch.float64).reshape(-1))
+        self.register_buffer("kb", torch.as_tensor(kb, dtype=torch.float64).reshape(-1))
+        self.register_buffer("angles", torch.as_tensor(np.asarray(angles).reshape(-1, 3), dtype=torch.long))
+        self.register_buffer("a0", torch.as_tensor(a0, dtype=torch.float64).reshape(-1))
+        self.register_buffer("ka", torch.as_tensor(ka, dtype=torch.float64).reshape(-1))
+
+    def forward(self, pos, box, n_frames: int):
+        """Energy per frame (n_frames,) for positions (n_frames * n, 3) and boxes (3, 3) or (n_frames, 3, 3)."""
+        n = pos.shape[0] // n_frames
+        boxes = box.reshape(-1, 3, 3).expand(n_frames, 3, 3).to(pos.dtype).contiguous()
+        p = pos.reshape(n_frames, n, 3)
+        energy = torch.zeros(n_frames, dtype=pos.dtype, device=pos.device)
+        if self.bonds.shape[0] > 0:
+            d = _min_image(p[:, self.bonds[:, 1]] - p[:, self.bonds[:, 0]], boxes)
+            r = torch.sqrt((d * d).sum(-1))
+            energy = energy + (0.5 * self.kb.to(pos.dtype) * (r - self.b0.to(pos.dtype)) ** 2).sum(-1)
+        if self.angles.shape[0] > 0:
+            th = _angle(p[:, self.angles[:, 0]], p[:, self.angles[:, 1]], p[:, self.angles[:, 2]], boxes)
+            energy = energy + (0.5 * self.ka.to(pos.dtype) * (th - self.a0.to(pos.dtype)) ** 2).sum(-1)
+        return energy
+
+    def to_openmm(self):
+        """[HarmonicBondForce, HarmonicAngleForce] with periodic boundaries (beads indexed as in one frame)."""
+        import openmm
+
+        bonds = openmm.HarmonicBondForce()
+        for (i, j), x0, k in zip(self.bonds.tolist(), self.b0.tolist(), self.kb.tolist()):
+            bonds.addBond(i, j, x0, k)
+        angles = openmm.HarmonicAngleForce()
+        for (i, j, k_), x0, k in zip(self.angles.tolist(), self.a0.tolist(), self.ka.tolist()):
+            angles.addAngle(i, j, k_, x0, k)
+        for f, name in ((bonds, "cgkd bond prior"), (angles, "cgkd angle prior")):
+            f.setUsesPeriodicBoundaryConditions(True)
+            f.setName(name)
+        return [bonds, angles]
+
+
+def fit_bonded(positions, boxes, bead_types, bead_residues, kT):
+    """Bonds between consecutive beads and angles between consecutive triples of every multi-bead molecule,
+    with x0 and k per bead-type tuple by Boltzmann inversion over all copies and frames. None if every
+    molecule is one bead."""
+    bead_residues = np.asarray(bead_residues)
+    bonds, angles = [], []
+    for res in np.unique(bead_residues):
+        idx = np.flatnonzero(bead_residues == res)
+        bonds += [(idx[k], idx[k + 1]) for k in range(len(idx) - 1)]
+        angles += [(idx[k], idx[k + 1], idx[k + 2]) for k in range(len(idx) - 2)]
+    if not bonds:
+        return None
+    pos = torch.as_tensor(positions, dtype=torch.float64)
+    box = torch.as_tensor(np.array(boxes), dtype=torch.float64)
+
+    def fit(terms, values):
+        keys = [tuple(bead_types[i] for i in t) for t in terms]
+        keys = [min(k, k[::-1]) for k in keys]
+        x0, k = np.zeros(len(terms)), np.zeros(len(terms))
+        for key in set(keys):
+            sel = [i for i, kk in enumerate(keys) if kk == key]
+            v = values[:, sel].ravel()
+            x0[sel], k[sel] = v.mean(), kT / max(v.var(), 1e-12)
+        return x0, k
+
+    b = torch.as_tensor(np.array(bonds))
+    r = _min_image(pos[:, b[:, 1]] - pos[:, b[:, 0]], box).norm(dim=-1).numpy()
+    b0, kb = fit(bonds, r)
+    if angles:
+        a = torch.as_tensor(np.array(angles))
+        th = _angle(pos[:, a[:, 0]], pos[:, a[:, 1]], pos[:, a[:, 2]], box).numpy()
+        a0, ka = fit(angles, th)
+    else:
+        a0 = ka = np.zeros(0)
+    return BondedPrior(bonds, b0, kb, angles, a0, ka)

@@ -20,7 +20,9 @@ from .errors import CgkdError
 from .fileio import atomic_path, file_hash, write_json
 from .h5md import H5MDTrajectory
 from .model import CGPotential, build_prior, max_neighbors
+from .priors import fit_bonded
 
+KB = 0.008314462618  # kJ/mol/K
 METRIC_COLUMNS = ["epoch", "train_loss", "val_force_rmse", "val_force_mae", "lr", "seconds"]
 
 
@@ -40,6 +42,7 @@ class CGDataset:
             self.forces = t.forces(slice(0, n)).astype(np.float32)
             self.boxes = t.boxes(slice(0, n)).astype(np.float32)
             self.type_names = [x.decode() if isinstance(x, bytes) else str(x) for x in g["bead_types"][:]]
+            self.residues = g["residue_ids"][:] if "residue_ids" in g else np.arange(len(self.type_names))
         if n < 3:
             raise CgkdError(f"{self.path}: {n} frames; need at least 3 (train, validation, test)")
         self.hash = file_hash(self.path)
@@ -95,8 +98,7 @@ def evaluate(model, ds, types, frames, batch_size):
 
 def consistency(model, ds, types, frame, h=1e-4, atoms=5):
     """Largest relative difference between model forces and central differences of its energy (float64)."""
-    m64 = CGPotential(**model.hparams, prior=model.prior, dtype=torch.float64)
-    m64.load_state_dict(model.state_dict())
+    m64 = CGPotential.from_state(model.hparams, model.priors_state(), model.state_dict(), dtype=torch.float64)
     pos = torch.tensor(ds.positions[frame], dtype=torch.float64)
     box = torch.tensor(ds.boxes[frame], dtype=torch.float64)
     _, _, forces = m64.energy_forces(types, pos.clone(), box)
@@ -125,9 +127,11 @@ def build_model(cfg, ds, split):
                               n_bins=int(half / 0.005))
     names = sorted(set(ds.type_names))
     prior = build_prior(names, r, g, cfg.prior_epsilon)
+    bonded = fit_bonded(ds.positions[lo:hi], ds.boxes[lo:hi], ds.type_names, ds.residues, KB * cfg.temperature)
     budget = max_neighbors(ds.positions, ds.boxes, max(cfg.cutoff, prior.cutoff))
     return CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
-                       arch=cfg.arch, max_num_neighbors=budget, prior=prior)
+                       arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
+                       molecules=ds.residues if bonded is not None else None)
 
 
 def save_checkpoint(path, state):
@@ -201,8 +205,7 @@ def train_member(cfg, member_dir, seed, progress=True):
                     csv.writer(fh).writerows([METRIC_COLUMNS] + state["metrics"])
             save_checkpoint(ckpt, {"format": "cgkd-model-1", "hparams": model.hparams, "model": model.state_dict(),
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state,
-                                   "dataset_hash": ds.hash, "seed": seed, "prior_r0": model.prior.r0,
-                                   "prior_epsilon": model.prior.epsilon})
+                                   "dataset_hash": ds.hash, "seed": seed, "priors": model.priors_state()})
             bar.update(1)
             bar.set_postfix(val_rmse=f"{v['rmse']:.1f}")
     model.load_state_dict(state["best_state"])
@@ -210,31 +213,29 @@ def train_member(cfg, member_dir, seed, progress=True):
     meta = {"cgkd_version": __version__, "bead_types": model.type_names, "hparams": model.hparams,
             "units": {"length": "nm", "energy": "kJ/mol", "force": "kJ/mol/nm"},
             "prior": {"kind": "WCA walls at the RDF onsets", "epsilon_kJ_mol": model.prior.epsilon,
-                      "r0_nm": model.prior.r0.tolist()},
+                      "r0_nm": model.prior.r0.tolist(),
+                      "bonded": None if model.bonded is None else {
+                          "bonds": model.bonded.bonds.shape[0], "angles": model.bonded.angles.shape[0],
+                          "fit": f"Boltzmann inversion at {cfg.temperature} K"}},
             "dataset": str(ds.path), "dataset_sha256": ds.hash, "split": split, "seed": seed,
             "config": dataclasses.asdict(cfg), "epochs_run": state["epoch"],
             "metrics": {"val": evaluate(model, ds, types, val, cfg.batch_size),
                         "test": evaluate(model, ds, types, test, cfg.batch_size)},
             "force_energy_consistency_max_rel": consistency(model, ds, types, int(test[0]))}
     save_checkpoint(member_dir / "model.pt", {"format": "cgkd-model-1", "hparams": model.hparams,
-                                               "model": model.state_dict(), "prior_r0": model.prior.r0,
-                                               "prior_epsilon": model.prior.epsilon})
+                                               "model": model.state_dict(), "priors": model.priors_state()})
     write_json(member_dir / "metadata.json", meta)
     return meta
 
 
 def load_model(path):
     """A trained CGPotential from a model folder (or its model.pt / checkpoint.pt)."""
-    from .priors import RepulsivePrior
-
     path = Path(path)
     f = path / "model.pt" if path.is_dir() else path
     if not f.exists():
         raise CgkdError(f"{f}: no trained model here")
     state = load_checkpoint(f)
-    model = CGPotential(**state["hparams"], prior=RepulsivePrior(state["prior_r0"], state["prior_epsilon"]))
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return CGPotential.from_state(state["hparams"], state["priors"], state["model"]).eval()
 
 
 def _member(args):

@@ -111,3 +111,21 @@ def test_torchforce_matches_eager_ensemble(cg, trained, tmp_path):
     assert state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) == pytest.approx(e_ref, rel=1e-4, abs=1e-4)
     f_omm = state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
     assert np.abs(f_omm - f_ref).max() <= 1e-4 * np.abs(f_ref).max() + 1e-5
+
+
+def test_two_bead_choline_gets_bonded_priors_and_exports(small_run, tmp_path):
+    cfg, _ = small_run
+    spec = mapping.MappingSpec.load(SYSTEMS_DIR / "ethaline" / "mapping_choline2.yaml")
+    cg2 = mapping.map_trajectory(readers.open_trajectory(cfg.out), spec, tmp_path / "cg2.h5", progress=False)["out"]
+    metas = train(config.TrainConfig(dataset=cg2, out=str(tmp_path / "m2"), **{**FAST, "epochs": 1}), progress=False)
+    assert metas[0]["prior"]["bonded"]["bonds"] == 10  # one HEAD-TAIL bond per choline
+    assert metas[0]["force_energy_consistency_max_rel"] < 1e-4
+    model = load_model(tmp_path / "m2" / "member_0")
+    assert model.bonded is not None and model.molecule.numel() == 50
+    with H5MDTrajectory(cg2) as t:
+        names = [x.decode() for x in t.cgkd["bead_types"][:]]
+        pos, box = t.positions(0), t.boxes(0)
+    scripted = torch.jit.load(str(export(model, names, tmp_path / "m2.ts")))
+    eager = model(model.type_index(names), torch.tensor(pos), torch.tensor(box))[1].item()
+    assert scripted(torch.tensor(pos, dtype=torch.float64), torch.tensor(box, dtype=torch.float64)).item() == \
+        pytest.approx(eager, rel=1e-5)
