@@ -76,7 +76,7 @@ class TrainConfig:
     rbf: int = 16                     # radial basis functions
     cutoff: float = 1.0               # nm
     prior_epsilon: float = 2.5        # kJ/mol, strength of the repulsive walls at the RDF onsets
-    temperature: float = 298.15       # K, for the Boltzmann inversion of bonded priors (multi-bead molecules)
+    temperature: Optional[float] = None  # K, Boltzmann inversion of bonded priors; default: the dataset's
     loss: str = "mse"                 # mse | mae | mixed (mean of both)
     epochs: int = 100
     batch_size: int = 8               # frames per mini-batch

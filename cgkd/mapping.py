@@ -342,6 +342,8 @@ def map_trajectory(reader, spec, out, chunk=256, overwrite=False, progress=True,
         g.attrs["cgkd_version"] = __version__
         g.attrs["config"] = config_text
         g.attrs["force_map_stats"] = yaml.safe_dump(stats)
+        if reader.temperature is not None:
+            g.attrs["temperature_K"] = reader.temperature
         for key, values in (("bead_names", op.bead_names), ("bead_types", op.bead_types),
                             ("residue_names", op.residue_names)):
             g.create_dataset(key, data=np.array(values, dtype="S"))

@@ -131,7 +131,7 @@ class BondedPrior(torch.nn.Module):
         return [bonds, angles]
 
 
-def fit_bonded(positions, boxes, bead_types, bead_residues, kT):
+def fit_bonded(positions, boxes, bead_types, bead_residues, kT, where="dataset"):
     """Bonds between consecutive beads and angles between consecutive triples of every multi-bead molecule,
     with x0 and k per bead-type tuple by Boltzmann inversion over all copies and frames. None if every
     molecule is one bead."""
@@ -143,6 +143,8 @@ def fit_bonded(positions, boxes, bead_types, bead_residues, kT):
         angles += [(idx[k], idx[k + 1], idx[k + 2]) for k in range(len(idx) - 2)]
     if not bonds:
         return None
+    if kT is None:
+        raise CgkdError(f"{where}: multi-bead molecules need a temperature for their bonded priors (--temperature)")
     pos = torch.as_tensor(positions, dtype=torch.float64)
     box = torch.as_tensor(np.array(boxes), dtype=torch.float64)
 

@@ -38,6 +38,7 @@ class AATrajectoryReader:
     path: Path
     topology: AATopology
     n_frames: int
+    temperature = None  # K, when the source records it
 
     def hash(self):
         return file_hash(self.path)
@@ -58,6 +59,7 @@ class H5MDReader(AATrajectoryReader):
                                    masses, dec(g["elements"]), g["constraints"][:],
                                    g["topology_pdb"][()].decode() if "topology_pdb" in g else "")
         self.n_frames = len(self.traj)
+        self.temperature = float(g.attrs["temperature_K"]) if "temperature_K" in g.attrs else None
         if self.traj.n_particles != len(self.topology.atom_names):
             raise CgkdError(f"{self.path}: {self.traj.n_particles} atoms in frames, "
                             f"{len(self.topology.atom_names)} in /cgkd topology")

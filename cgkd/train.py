@@ -43,6 +43,7 @@ class CGDataset:
             self.boxes = t.boxes(slice(0, n)).astype(np.float32)
             self.type_names = [x.decode() if isinstance(x, bytes) else str(x) for x in g["bead_types"][:]]
             self.residues = g["residue_ids"][:] if "residue_ids" in g else np.arange(len(self.type_names))
+            self.temperature = float(g.attrs["temperature_K"]) if "temperature_K" in g.attrs else None
         if n < 3:
             raise CgkdError(f"{self.path}: {n} frames; need at least 3 (train, validation, test)")
         self.hash = file_hash(self.path)
@@ -127,7 +128,9 @@ def build_model(cfg, ds, split):
                               n_bins=int(half / 0.005))
     names = sorted(set(ds.type_names))
     prior = build_prior(names, r, g, cfg.prior_epsilon)
-    bonded = fit_bonded(ds.positions[lo:hi], ds.boxes[lo:hi], ds.type_names, ds.residues, KB * cfg.temperature)
+    temperature = cfg.temperature or ds.temperature
+    bonded = fit_bonded(ds.positions[lo:hi], ds.boxes[lo:hi], ds.type_names, ds.residues,
+                        KB * temperature if temperature else None, where=str(ds.path))
     budget = max_neighbors(ds.positions, ds.boxes, max(cfg.cutoff, prior.cutoff))
     return CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
                        arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
@@ -216,7 +219,7 @@ def train_member(cfg, member_dir, seed, progress=True):
                       "r0_nm": model.prior.r0.tolist(),
                       "bonded": None if model.bonded is None else {
                           "bonds": model.bonded.bonds.shape[0], "angles": model.bonded.angles.shape[0],
-                          "fit": f"Boltzmann inversion at {cfg.temperature} K"}},
+                          "fit": f"Boltzmann inversion at {cfg.temperature or ds.temperature} K"}},
             "dataset": str(ds.path), "dataset_sha256": ds.hash, "split": split, "seed": seed,
             "config": dataclasses.asdict(cfg), "epochs_run": state["epoch"],
             "metrics": {"val": evaluate(model, ds, types, val, cfg.batch_size),
