@@ -49,6 +49,11 @@ def export(models, bead_types, path, include_prior=True):
     if any(m.type_names != names for m in models):
         raise CgkdError("export: ensemble members were trained on different bead types")
     types = models[0].type_index(list(bead_types))
+    for m in models:
+        # Bonded priors index the beads of the training topology; other topologies need them rebuilt.
+        if m.bonded is not None and len(types) != m.molecule.numel():
+            raise CgkdError(f"export: a model with bonded priors exports only for its training topology "
+                            f"({m.molecule.numel()} beads), not {len(types)} beads")
     module = torch.jit.script(ExportedPotential(models, types, include_prior))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
