@@ -7,16 +7,15 @@ benchmarks/results/aa_force_output.json.
     python benchmarks/aa_force_output.py --units 50 --blocks 6 --block-steps 1000
 """
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import openmm.unit as u
 
-from cgkd import __version__, config, systems
+from cgkd import config, systems
 from cgkd.aa import AARun
-from cgkd.fileio import write_json
+from cgkd.bench import record
 
 RESULTS = Path(__file__).resolve().parent / "results" / "aa_force_output.json"
 
@@ -60,9 +59,8 @@ def main():
     result = {"atoms": run.topology.getNumAtoms(), "timestep_fs": run.dt, "hmr": True, "stride": a.stride,
               "frames_written": frames, "steps_each": steps, "ns_per_day_writing": ns_day["write"],
               "ns_per_day_plain": ns_day["plain"], "ratio_writing_over_plain": ratio,
-              "platform": run.platform.getName(), "cgkd_version": __version__, "machine": platform.node(),
-              "date": time.strftime("%Y-%m-%d")}
-    write_json(RESULTS, result)
+              "platform": run.platform.getName()}
+    record(RESULTS, result)
     print(f"writing forces every {a.stride} steps: {ns_day['write']:.2f} ns/day; writing nothing: "
           f"{ns_day['plain']:.2f} ns/day; ratio {ratio:.3f} (target >= 0.90)")
 

@@ -9,7 +9,6 @@ labels with the clean forces. Records benchmarks/results/denoise.json.
     python benchmarks/denoise.py --frames 600 --epochs 40
 """
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +18,8 @@ import openmm
 import openmm.unit as u
 import torch
 
-from cgkd import __version__, config
-from cgkd.fileio import write_json
+from cgkd import config
+from cgkd.bench import record
 from cgkd.h5md import H5MDWriter
 from cgkd.train import CGDataset, load_model, train
 
@@ -88,9 +87,8 @@ def main():
            "test_frames": hi - lo, "teacher_vs_clean_rmse": teacher_err, "labels_vs_clean_rmse": label_err,
            "ratio": teacher_err / label_err, "zero_prediction_ratio": float(rms / label_err),
            "epochs_run": meta["epochs_run"], "train_seconds": time.perf_counter() - t0,
-           "model": meta["hparams"], "cgkd_version": __version__, "machine": platform.node(),
-           "date": time.strftime("%Y-%m-%d")}
-    write_json(RESULTS, res)
+           "model": meta["hparams"]}
+    record(RESULTS, res)
     print(f"teacher vs clean forces: RMSE {teacher_err:.3f}; noisy labels vs clean: {label_err:.3f} kJ/mol/nm; "
           f"ratio {teacher_err / label_err:.3f} (target <= 0.3; predicting zero gives {rms / label_err:.3f})")
 

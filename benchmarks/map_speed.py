@@ -8,15 +8,14 @@ is timed too. Prints frames/s and the ratio; records benchmarks/results/map_spee
     python benchmarks/map_speed.py --frames 4000 --loop-frames 100
 """
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cgkd import __version__, mapping, readers, systems
-from cgkd.fileio import write_json
+from cgkd import mapping, readers, systems
+from cgkd.bench import record
 from cgkd.h5md import H5MDWriter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "map_speed.json"
@@ -94,9 +93,8 @@ def main():
         e2e = a.frames / (time.perf_counter() - t)
     result = {"atoms": n, "beads": len(op.bead_names), "frames": a.frames, "block": a.block,
               "frames_per_s": fast, "python_loop_frames_per_s": slow, "speedup": fast / slow,
-              "end_to_end_frames_per_s": e2e, "cores": 2, "cgkd_version": __version__, "machine": platform.node(),
-              "date": time.strftime("%Y-%m-%d")}
-    write_json(RESULTS, result)
+              "end_to_end_frames_per_s": e2e, "cores": 2}
+    record(RESULTS, result)
     print(f"cgkd map kernel: {fast:,.0f} frames/s; Python loop: {slow:,.1f} frames/s; speedup {fast / slow:,.0f}x "
           f"(targets >= 20,000 frames/s, >= 50x); end to end with H5MD I/O: {e2e:,.0f} frames/s")
 

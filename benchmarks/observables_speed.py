@@ -5,15 +5,14 @@ Records benchmarks/results/observables_speed.json.
     python benchmarks/observables_speed.py --dataset systems/ethaline/reference/ethaline_cg.h5
 """
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import mdtraj as md
 import numpy as np
 
-from cgkd import __version__, observables
-from cgkd.fileio import write_json
+from cgkd import observables
+from cgkd.bench import record
 from cgkd.report import Traj
 
 RESULTS = Path(__file__).resolve().parent / "results" / "observables_speed.json"
@@ -59,9 +58,8 @@ def main():
     cdf_fps = len(pos) / (time.perf_counter() - t)
     res = {"dataset": str(a.dataset), "frames": len(pos), "beads": len(tr.types), "pairs": len(g),
            "rdf_all_pairs_s": ours, "mdtraj_loop_s": theirs, "ratio_mdtraj_over_cgkd": theirs / ours,
-           "max_abs_difference_g": worst, "adf_frames_per_s": adf_fps, "cdf_frames_per_s": cdf_fps,
-           "cgkd_version": __version__, "machine": platform.node(), "date": time.strftime("%Y-%m-%d")}
-    write_json(RESULTS, res)
+           "max_abs_difference_g": worst, "adf_frames_per_s": adf_fps, "cdf_frames_per_s": cdf_fps}
+    record(RESULTS, res)
     print(f"RDF, {len(g)} pairs, {len(pos)} frames: cgkd {ours:.2f} s, mdtraj loop {theirs:.2f} s, "
           f"mdtraj/cgkd = {theirs / ours:.2f} (target >= 1); max |g - g_mdtraj| = {worst:.1e}; "
           f"ADF {adf_fps:.0f} frames/s, CDF {cdf_fps:.0f} frames/s")

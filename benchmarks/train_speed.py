@@ -4,16 +4,14 @@ Adam) for the reference teacher configuration on this machine. Records benchmark
     python benchmarks/train_speed.py --dataset systems/ethaline/reference/ethaline_cg.h5 --steps 20
 """
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cgkd import __version__, config
-from cgkd.fileio import write_json
+from cgkd import config
+from cgkd.bench import record
 from cgkd.train import CGDataset, batch, build_model, force_loss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
@@ -52,10 +50,8 @@ def main():
         step()
     fps = a.steps * a.batch_size / (time.perf_counter() - t0)
     res = {"dataset": a.dataset, "beads": len(types), "batch_size": a.batch_size, "steps": a.steps,
-           "model": model.hparams, "train_frames_per_s": fps, "threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "cgkd_version": __version__, "machine": platform.node(),
-           "date": time.strftime("%Y-%m-%d")}
-    write_json(RESULTS, res)
+           "model": model.hparams, "train_frames_per_s": fps, "threads": torch.get_num_threads()}
+    record(RESULTS, res)
     print(f"training: {fps:.1f} frames/s ({len(types)} beads, batch {a.batch_size}, {model.hparams['arch']} "
           f"{a.layers} layer(s) x {a.channels} channels, cutoff {a.cutoff} nm)")
 
