@@ -109,6 +109,7 @@ def cmd_export(args):
     from pathlib import Path
 
     from .export import export
+    from .h5md import H5MDTrajectory
     from .train import load_model
 
     src = Path(args.model)
@@ -118,13 +119,15 @@ def cmd_export(args):
     models = [load_model(m) for m in members]
     from .report import Traj
 
-    types = Traj(args.topology).types if args.topology else None
-    if types is None:
+    if not args.topology:
         raise CgkdError("cgkd export: --topology (a CG dataset or trajectory giving the bead types) is required")
+    types = Traj(args.topology).types
+    with H5MDTrajectory(args.topology) as t:
+        molecules = t.cgkd["residue_ids"][:] if "residue_ids" in t.cgkd else None
     out = Path(args.out or src / "model.ts")
     if out.exists() and not args.overwrite:
         raise CgkdError(f"{out}: output exists; pass --overwrite to replace it")
-    export(models, list(types), out, include_prior=not args.no_prior)
+    export(models, list(types), out, include_prior=not args.no_prior, molecules=molecules)
     print(f"wrote {out}: {len(models)} member(s), {len(types)} beads, energy in kJ/mol from positions in nm")
 
 

@@ -15,7 +15,7 @@ from .fileio import atomic_path
 
 
 class ExportedPotential(torch.nn.Module):
-    """Mean energy of one or more CGPotentials for fixed bead types (the prior optional)."""
+    """Mean energy of one or more CGPotentials for fixed bead types (the priors, walls and bonded, optional)."""
 
     def __init__(self, models, types, include_prior=True):
         super().__init__()
@@ -24,6 +24,7 @@ class ExportedPotential(torch.nn.Module):
             m = copy.deepcopy(m).eval()
             if not include_prior:
                 m.prior = None
+                m.bonded = None
             members.append(m)
         self.members = torch.nn.ModuleList(members)
         self.register_buffer("types", torch.as_tensor(types, dtype=torch.long))
@@ -40,8 +41,9 @@ class ExportedPotential(torch.nn.Module):
         return (total * self.scale).to(positions.dtype)
 
 
-def export(models, bead_types, path, include_prior=True):
-    """Script and save models (a CGPotential or a list: an ensemble) for the given per-bead type names."""
+def export(models, bead_types, path, include_prior=True, molecules=None):
+    """Script and save models (a CGPotential or a list: an ensemble) for the given per-bead type names
+    (and, for models with bonded priors, the molecule index of each bead)."""
     models = models if isinstance(models, (list, tuple)) else [models]
     if not models:
         raise CgkdError("export: no models given")
@@ -49,11 +51,10 @@ def export(models, bead_types, path, include_prior=True):
     if any(m.type_names != names for m in models):
         raise CgkdError("export: ensemble members were trained on different bead types")
     types = models[0].type_index(list(bead_types))
-    for m in models:
-        # Bonded priors index the beads of the training topology; other topologies need them rebuilt.
-        if m.bonded is not None and len(types) != m.molecule.numel():
-            raise CgkdError(f"export: a model with bonded priors exports only for its training topology "
-                            f"({m.molecule.numel()} beads), not {len(types)} beads")
+    if molecules is not None:
+        models = [m.for_topology(list(bead_types), molecules) for m in models]
+    elif any(m.bonded is not None and len(types) != m.molecule.numel() for m in models):
+        raise CgkdError("export: models with bonded priors need the molecule of each bead (molecules=...)")
     module = torch.jit.script(ExportedPotential(models, types, include_prior))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -299,7 +299,8 @@ def fit_optimal(op, spec, residue_names, residue_ids, atom_names, constraints, f
 
 
 def write_cg_pdb(path, op, positions, box):
-    """A CG topology PDB: one pseudo-atom per bead (name = bead name, residue = AA residue)."""
+    """A CG topology PDB: one pseudo-atom per bead, named by its bead type (what CG models see), in its
+    molecule's residue; bead names are in the dataset's /cgkd/bead_names."""
     a, b, c = np.linalg.norm(box, axis=1) * 10.0
 
     def angle(u, v):
@@ -307,7 +308,7 @@ def write_cg_pdb(path, op, positions, box):
 
     alpha, beta, gamma = angle(box[1], box[2]), angle(box[0], box[2]), angle(box[0], box[1])
     lines = [f"CRYST1{a:9.3f}{b:9.3f}{c:9.3f}{alpha:7.2f}{beta:7.2f}{gamma:7.2f} P 1           1"]
-    for i, (name, res, rid, xyz) in enumerate(zip(op.bead_names, op.residue_names, op.bead_residues,
+    for i, (name, res, rid, xyz) in enumerate(zip(op.bead_types, op.residue_names, op.bead_residues,
                                                   positions * 10.0)):
         lines.append(f"HETATM{(i + 1) % 100000:5d} {name[:4]:<4s} {res[:3]:>3s} A{(rid + 1) % 10000:4d}    "
                      f"{xyz[0]:8.3f}{xyz[1]:8.3f}{xyz[2]:8.3f}  1.00  0.00")

@@ -32,7 +32,8 @@ class CGPotential(torch.nn.Module):
     """A TorchMD-Net CG potential with a per-bead energy head and a fixed prior."""
 
     def __init__(self, type_names, cutoff=1.0, channels=32, layers=1, rbf=16, arch="tensornet",
-                 max_num_neighbors=64, prior=None, bonded=None, molecules=None, dtype=torch.float32):
+                 max_num_neighbors=64, prior=None, bonded=None, molecules=None, bead_types=None,
+                 dtype=torch.float32):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise CgkdError(f"model: arch must be one of {ARCHITECTURES}, got {arch!r}")
@@ -53,6 +54,7 @@ class CGPotential(torch.nn.Module):
                                         torch.nn.Linear(channels // 2, 1, dtype=dtype))
         self.prior = prior
         self.bonded = bonded
+        self.bead_types = list(bead_types) if bead_types is not None else None  # of the topology bonded is for
         # Molecule of each bead of a frame: walls act between molecules only (empty: every bead its own).
         self.register_buffer("molecule", torch.as_tensor(molecules if molecules is not None else [], dtype=torch.long))
         self.cutoff = cutoff
@@ -101,11 +103,10 @@ class CGPotential(torch.nn.Module):
 
     def priors_state(self):
         """Constructor arguments of the priors (for checkpoints)."""
-        b = self.bonded
         return {"r0": self.prior.r0 if self.prior is not None else None,
                 "epsilon": self.prior.epsilon if self.prior is not None else None,
-                "bonded": None if b is None else {k: getattr(b, k) for k in ("bonds", "b0", "kb", "angles", "a0", "ka")},
-                "molecules": self.molecule}
+                "bonded_tables": None if self.bonded is None else self.bonded.tables,
+                "bead_types": self.bead_types, "molecules": self.molecule}
 
     @classmethod
     def from_state(cls, hparams, priors, weights=None, dtype=torch.float32):
@@ -113,11 +114,27 @@ class CGPotential(torch.nn.Module):
         from .priors import BondedPrior, RepulsivePrior
 
         prior = RepulsivePrior(priors["r0"], priors["epsilon"]) if priors["r0"] is not None else None
-        bonded = BondedPrior(**priors["bonded"]) if priors["bonded"] is not None else None
-        molecules = priors["molecules"] if len(priors["molecules"]) else None
-        model = cls(**hparams, prior=prior, bonded=bonded, molecules=molecules, dtype=dtype)
+        tables, molecules = priors["bonded_tables"], priors["molecules"]
+        bonded = BondedPrior.for_topology(tables, priors["bead_types"], molecules) if tables is not None else None
+        model = cls(**hparams, prior=prior, bonded=bonded, molecules=molecules if len(molecules) else None,
+                    bead_types=priors["bead_types"], dtype=dtype)
         if weights is not None:
             model.load_state_dict(weights)
+        return model
+
+    def for_topology(self, bead_types, molecules):
+        """A copy for another topology (bead type names and molecule index per bead): bonded priors and the
+        molecule table are rebuilt from the fitted per-type parameters."""
+        import copy
+
+        from .priors import BondedPrior
+
+        self.type_index(bead_types)
+        model = copy.deepcopy(self)
+        if self.bonded is not None:
+            model.bonded = BondedPrior.for_topology(self.bonded.tables, list(bead_types), molecules)
+            model.molecule = torch.as_tensor(np.asarray(molecules), dtype=torch.long)
+            model.bead_types = list(bead_types)
         return model
 
     def energy_forces(self, types, pos, box, batch=None, create_graph=False):

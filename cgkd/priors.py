@@ -86,13 +86,46 @@ def _angle(a, b, c, box):
     return torch.acos(torch.clamp(cos, -1.0, 1.0))
 
 
+def bonded_terms(bead_residues):
+    """Bonds between consecutive beads and angles between consecutive triples of each multi-bead molecule."""
+    bead_residues = np.asarray(bead_residues)
+    bonds, angles = [], []
+    for res in np.unique(bead_residues):
+        idx = np.flatnonzero(bead_residues == res)
+        bonds += [(idx[k], idx[k + 1]) for k in range(len(idx) - 1)]
+        angles += [(idx[k], idx[k + 1], idx[k + 2]) for k in range(len(idx) - 2)]
+    return bonds, angles
+
+
+def _key(bead_types, term):
+    names = [bead_types[i] for i in term]
+    return "-".join(min(names, names[::-1]))
+
+
 class BondedPrior(torch.nn.Module):
     """Harmonic bonds and angles between the beads of multi-bead molecules, fitted by Boltzmann inversion:
     for a Gaussian distribution of a bond length (angle) x, U = k/2 (x - x0)^2 with x0 = <x>, k = kT/var(x).
-    Indices refer to the beads of one frame; batched frames are offset automatically."""
+    Parameters are per bead-type tuple (`tables`); the index lists refer to the beads of one frame of a
+    given topology (batched frames are offset automatically): `for_topology` rebuilds them for another."""
+
+    __jit_ignored_attributes__ = ["tables"]
+
+    @classmethod
+    def for_topology(cls, tables, bead_types, bead_residues):
+        bonds, angles = bonded_terms(bead_residues)
+        params = []
+        for kind, terms in (("bonds", bonds), ("angles", angles)):
+            missing = sorted({_key(bead_types, t) for t in terms} - set(tables[kind]))
+            if missing:
+                raise CgkdError(f"bonded prior: no parameters for {kind} {missing} (fitted: {sorted(tables[kind])})")
+            params.append(np.array([tables[kind][_key(bead_types, t)] for t in terms]).reshape(-1, 2))
+        prior = cls(bonds, params[0][:, 0], params[0][:, 1], angles, params[1][:, 0], params[1][:, 1])
+        prior.tables = tables
+        return prior
 
     def __init__(self, bonds, b0, kb, angles, a0, ka):
         super().__init__()
+        self.tables = {"bonds": {}, "angles": {}}
         self.register_buffer("bonds", torch.as_tensor(np.asarray(bonds).reshape(-1, 2), dtype=torch.long))
         self.register_buffer("b0", torch.as_tensor(b0, dtype=torch.float64).reshape(-1))
         self.register_buffer("kb", torch.as_tensor(kb, dtype=torch.float64).reshape(-1))
@@ -132,15 +165,9 @@ class BondedPrior(torch.nn.Module):
 
 
 def fit_bonded(positions, boxes, bead_types, bead_residues, kT, where="dataset"):
-    """Bonds between consecutive beads and angles between consecutive triples of every multi-bead molecule,
-    with x0 and k per bead-type tuple by Boltzmann inversion over all copies and frames. None if every
-    molecule is one bead."""
-    bead_residues = np.asarray(bead_residues)
-    bonds, angles = [], []
-    for res in np.unique(bead_residues):
-        idx = np.flatnonzero(bead_residues == res)
-        bonds += [(idx[k], idx[k + 1]) for k in range(len(idx) - 1)]
-        angles += [(idx[k], idx[k + 1], idx[k + 2]) for k in range(len(idx) - 2)]
+    """BondedPrior of the multi-bead molecules of a topology, with x0 and k per bead-type tuple by Boltzmann
+    inversion over all copies and frames. None if every molecule is one bead."""
+    bonds, angles = bonded_terms(bead_residues)
     if not bonds:
         return None
     if kT is None:
@@ -149,22 +176,17 @@ def fit_bonded(positions, boxes, bead_types, bead_residues, kT, where="dataset")
     box = torch.as_tensor(np.array(boxes), dtype=torch.float64)
 
     def fit(terms, values):
-        keys = [tuple(bead_types[i] for i in t) for t in terms]
-        keys = [min(k, k[::-1]) for k in keys]
-        x0, k = np.zeros(len(terms)), np.zeros(len(terms))
+        keys = [_key(bead_types, t) for t in terms]
+        table = {}
         for key in set(keys):
-            sel = [i for i, kk in enumerate(keys) if kk == key]
-            v = values[:, sel].ravel()
-            x0[sel], k[sel] = v.mean(), kT / max(v.var(), 1e-12)
-        return x0, k
+            v = values[:, [i for i, kk in enumerate(keys) if kk == key]].ravel()
+            table[key] = (float(v.mean()), float(kT / max(v.var(), 1e-12)))
+        return table
 
     b = torch.as_tensor(np.array(bonds))
-    r = _min_image(pos[:, b[:, 1]] - pos[:, b[:, 0]], box).norm(dim=-1).numpy()
-    b0, kb = fit(bonds, r)
+    tables = {"bonds": fit(bonds, _min_image(pos[:, b[:, 1]] - pos[:, b[:, 0]], box).norm(dim=-1).numpy()),
+              "angles": {}}
     if angles:
         a = torch.as_tensor(np.array(angles))
-        th = _angle(pos[:, a[:, 0]], pos[:, a[:, 1]], pos[:, a[:, 2]], box).numpy()
-        a0, ka = fit(angles, th)
-    else:
-        a0 = ka = np.zeros(0)
-    return BondedPrior(bonds, b0, kb, angles, a0, ka)
+        tables["angles"] = fit(angles, _angle(pos[:, a[:, 0]], pos[:, a[:, 1]], pos[:, a[:, 2]], box).numpy())
+    return BondedPrior.for_topology(tables, bead_types, bead_residues)

@@ -44,6 +44,7 @@ class CGDataset:
             self.type_names = [x.decode() if isinstance(x, bytes) else str(x) for x in g["bead_types"][:]]
             self.residues = g["residue_ids"][:] if "residue_ids" in g else np.arange(len(self.type_names))
             self.temperature = float(g.attrs["temperature_K"]) if "temperature_K" in g.attrs else None
+            self.masses = t.masses()
         if n < 3:
             raise CgkdError(f"{self.path}: {n} frames; need at least 3 (train, validation, test)")
         self.hash = file_hash(self.path)
@@ -134,7 +135,8 @@ def build_model(cfg, ds, split):
     budget = max_neighbors(ds.positions, ds.boxes, max(cfg.cutoff, prior.cutoff))
     return CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
                        arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
-                       molecules=ds.residues if bonded is not None else None)
+                       molecules=ds.residues if bonded is not None else None,
+                       bead_types=ds.type_names if bonded is not None else None)
 
 
 def save_checkpoint(path, state):
@@ -213,7 +215,9 @@ def train_member(cfg, member_dir, seed, progress=True):
             bar.set_postfix(val_rmse=f"{v['rmse']:.1f}")
     model.load_state_dict(state["best_state"])
     test = np.arange(*split["test"])
+    masses = {} if ds.masses is None else {t: float(ds.masses[ds.type_names.index(t)]) for t in model.type_names}
     meta = {"cgkd_version": __version__, "bead_types": model.type_names, "hparams": model.hparams,
+            "bead_masses_amu": masses,
             "units": {"length": "nm", "energy": "kJ/mol", "force": "kJ/mol/nm"},
             "prior": {"kind": "WCA walls at the RDF onsets", "epsilon_kJ_mol": model.prior.epsilon,
                       "r0_nm": model.prior.r0.tolist(),

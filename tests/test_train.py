@@ -129,3 +129,65 @@ def test_two_bead_choline_gets_bonded_priors_and_exports(small_run, tmp_path):
     eager = model(model.type_index(names), torch.tensor(pos), torch.tensor(box))[1].item()
     assert scripted(torch.tensor(pos, dtype=torch.float64), torch.tensor(box, dtype=torch.float64)).item() == \
         pytest.approx(eager, rel=1e-5)
+    # Through OpenMM, the priors as native forces (walls between molecules, harmonic HEAD-TAIL bonds).
+    from cgkd.openmm import CGForceField, topology_from_dataset
+
+    top, pos0 = topology_from_dataset(cg2)
+    system = CGForceField(tmp_path / "m2").createSystem(top)
+    assert {f.getName() for f in system.getForces()} >= {"cgkd repulsive prior", "cgkd bond prior"}
+    e_omm, f_omm = _omm_energy_forces(system, pos0)
+    _, e, f = model.energy_forces(model.type_index(names), torch.tensor(pos0, dtype=torch.float32),
+                                  torch.tensor(box, dtype=torch.float32))
+    assert e_omm == pytest.approx(e.item(), rel=1e-4, abs=1e-3)
+    assert np.abs(f_omm - f.detach().numpy()).max() <= 1e-4 * np.abs(f.detach().numpy()).max() + 1e-4
+
+
+def _omm_energy_forces(system, pos, platform="CPU"):
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions(pos)
+    s = ctx.getState(getEnergy=True, getForces=True)
+    return (s.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
+            s.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
+
+
+def test_cg_forcefield_system_equals_eager_model_with_priors(cg, trained, tmp_path):
+    from cgkd.openmm import CGForceField, topology_from_dataset
+
+    out, _ = trained
+    ff = CGForceField(out)
+    for frame in (0, 5):
+        top, pos = topology_from_dataset(cg, frame)
+        system = ff.createSystem(top)
+        names = [a.name for a in top.atoms()]
+        assert [system.getParticleMass(i).value_in_unit(u.dalton) for i in (0, 10, 20)] == pytest.approx(
+            [104.17, 35.45, 62.07], abs=0.02)
+        e_omm, f_omm = _omm_energy_forces(system, pos)
+        types = ff.models[0].type_index(names)
+        energies, forces = [], []
+        for m in ff.models:
+            _, e, f = m.energy_forces(types, torch.tensor(pos, dtype=torch.float32),
+                                      torch.tensor(top.getPeriodicBoxVectors().value_in_unit(u.nanometer),
+                                                   dtype=torch.float32))
+            energies.append(e.item())
+            forces.append(f.detach().numpy())
+        assert e_omm == pytest.approx(np.mean(energies), rel=1e-4, abs=1e-3)
+        f_ref = np.mean(forces, axis=0)
+        assert np.abs(f_omm - f_ref).max() <= 1e-4 * np.abs(f_ref).max() + 1e-4
+
+
+def test_cg_forcefield_bad_inputs(cg, trained, tmp_path):
+    from cgkd.openmm import CGForceField, topology_from_dataset
+
+    out, _ = trained
+    with pytest.raises(CgkdError, match="not a cgkd model or ensemble"):
+        CGForceField(tmp_path)
+    ff = CGForceField(out)
+    top, _ = topology_from_dataset(cg)
+    for atom in list(top.atoms())[:1]:
+        atom.name = "URE"
+    with pytest.raises(CgkdError, match=r"bead types \['URE'\] are not among"):
+        ff.createSystem(top)
+    top, _ = topology_from_dataset(cg)
+    top.setPeriodicBoxVectors(np.eye(3) * 1.0 * u.nanometer)
+    with pytest.raises(CgkdError, match="shorter than twice the model's reach"):
+        ff.createSystem(top)

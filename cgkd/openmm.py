@@ -1,0 +1,114 @@
+"""OpenMM-style use of trained cgkd models:
+
+    ff = cgkd.openmm.CGForceField("teachers")          # a model folder, or an ensemble of member_* folders
+    system = ff.createSystem(topology)                  # CG topology: one atom per bead, named by bead type
+
+The System has the bead masses, the model (ensemble mean) as a periodic openmmtorch.TorchForce, and the
+priors as native OpenMM forces: the repulsive walls as a CustomNonbondedForce (between molecules), bonds
+and angles of multi-bead molecules as HarmonicBondForce / HarmonicAngleForce.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+import torch
+
+from .errors import CgkdError
+from .export import ExportedPotential, load_torch_plugins
+
+
+class CGForceField:
+    """A trained CG potential (or ensemble) that creates OpenMM Systems for CG topologies."""
+
+    def __init__(self, path):
+        from .train import load_model
+
+        path = Path(path)
+        members = [path] if (path / "model.pt").exists() else sorted(path.glob("member_*"))
+        if not members:
+            raise CgkdError(f"{path}: no model.pt and no member_* folders: not a cgkd model or ensemble")
+        self.models = [load_model(m) for m in members]
+        meta_file = members[0] / "metadata.json"
+        self.metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        self.masses = self.metadata.get("bead_masses_amu", {})
+        self.cutoff = self.models[0].cutoff
+
+    @property
+    def bead_types(self):
+        return self.models[0].type_names
+
+    def createSystem(self, topology, cuda_graphs=False, precision="single"):
+        """An openmm.System for a periodic CG topology (atom names are bead types, residues are molecules)."""
+        names = [a.name for a in topology.atoms()]
+        unknown = sorted(set(names) - set(self.bead_types))
+        if unknown:
+            raise CgkdError(f"topology bead types {unknown} are not among the model's {self.bead_types}")
+        vectors = topology.getPeriodicBoxVectors()
+        if vectors is None:
+            raise CgkdError("the CG topology has no periodic box")
+        box = np.array(vectors.value_in_unit(u.nanometer))
+        reach = max(self.cutoff, self.models[0].prior.cutoff if self.models[0].prior is not None else 0.0)
+        if min(np.diag(box)) < 2 * reach:
+            raise CgkdError(f"box edge {min(np.diag(box)):.3f} nm is shorter than twice the model's reach "
+                            f"({reach} nm): replicate the box")
+        missing = sorted(set(names) - set(self.masses))
+        if missing:
+            raise CgkdError(f"no masses for bead types {missing} in the model metadata")
+        molecules = np.array([a.residue.index for a in topology.atoms()])
+        system = openmm.System()
+        for n in names:
+            system.addParticle(self.masses[n])
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+        models = [m.for_topology(names, molecules) for m in self.models]
+        types = models[0].type_index(names)
+        module = ExportedPotential(models, types, include_prior=False)
+        if precision == "double":
+            module = module.double()
+        load_torch_plugins()
+        import openmmtorch
+
+        force = openmmtorch.TorchForce(torch.jit.script(module))
+        force.setUsesPeriodicBoundaryConditions(True)
+        if cuda_graphs:
+            force.setProperty("useCUDAGraphs", "true")
+        system.addForce(force)
+        prior, bonded = models[0].prior, models[0].bonded
+        if prior is not None:
+            walls = prior.to_openmm(types.tolist())
+            for res in topology.residues():
+                idx = [a.index for a in res.atoms()]
+                for i in range(len(idx)):
+                    for j in range(i + 1, len(idx)):
+                        walls.addExclusion(idx[i], idx[j])
+            system.addForce(walls)
+        if bonded is not None:
+            for f in bonded.to_openmm():
+                system.addForce(f)
+        return system
+
+
+def topology_from_dataset(path, frame=0):
+    """(CG openmm Topology with atoms named by bead type, positions in nm) from a cgkd CG dataset frame."""
+    from .h5md import H5MDTrajectory
+
+    with H5MDTrajectory(path) as t:
+        g = t.cgkd
+        if "bead_types" not in g:
+            raise CgkdError(f"{path}: no /cgkd/bead_types: not a cgkd CG dataset")
+        types = [x.decode() if isinstance(x, bytes) else str(x) for x in g["bead_types"][:]]
+        resnames = [x.decode() if isinstance(x, bytes) else str(x) for x in g["residue_names"][:]]
+        resids = g["residue_ids"][:]
+        pos = t.positions(frame).astype(np.float64)
+        box = t.boxes(frame).astype(np.float64)
+    top = app.Topology()
+    chain = top.addChain()
+    current, res = None, None
+    for ty, rn, ri in zip(types, resnames, resids):
+        if ri != current:
+            res, current = top.addResidue(rn, chain), ri
+        top.addAtom(ty, None, res)
+    top.setPeriodicBoxVectors(box * u.nanometer)
+    return top, pos
