@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from cgkd import mapping, readers, systems
@@ -93,7 +94,7 @@ def main():
         e2e = a.frames / (time.perf_counter() - t)
     result = {"atoms": n, "beads": len(op.bead_names), "frames": a.frames, "block": a.block,
               "frames_per_s": fast, "python_loop_frames_per_s": slow, "speedup": fast / slow,
-              "end_to_end_frames_per_s": e2e, "cores": 2}
+              "end_to_end_frames_per_s": e2e, "numba_threads": numba.get_num_threads()}
     record(RESULTS, result)
     print(f"cgkd map kernel: {fast:,.0f} frames/s; Python loop: {slow:,.1f} frames/s; speedup {fast / slow:,.0f}x "
           f"(targets >= 20,000 frames/s, >= 50x); end to end with H5MD I/O: {e2e:,.0f} frames/s")
