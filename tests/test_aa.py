@@ -106,24 +106,30 @@ def test_h5md_read_back_by_mdanalysis(small_run):
         assert np.allclose(ts.dimensions[:3] / 10.0, np.diag(box[i]), rtol=1e-6)
 
 
+def _run_killed(cfg, monkeypatch, owner, method, at_call):
+    """Run cfg with owner.method raising KeyboardInterrupt at its at_call-th call, like a killed run."""
+    original = getattr(owner, method)
+    calls = {"n": 0}
+
+    def killed(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(owner, method, killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_aa(cfg, progress=False)
+    monkeypatch.setattr(owner, method, original)
+
+
 def test_resume_neither_loses_nor_duplicates_frames(small_run, tmp_path, monkeypatch):
     from cgkd import h5md
 
     full_cfg, _ = small_run
     cut = config.AAConfig(**{**vars(full_cfg), "out": str(tmp_path / "cut.h5")})
-    original = h5md.H5MDWriter.append
-    calls = {"n": 0}
-
-    def crash_at_frame_8(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 8:  # checkpoints every 2 frames: frame 7 was written after the last one
-            raise KeyboardInterrupt
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(h5md.H5MDWriter, "append", crash_at_frame_8)
-    with pytest.raises(KeyboardInterrupt):
-        run_aa(cut, progress=False)
-    monkeypatch.setattr(h5md.H5MDWriter, "append", original)
+    # Killed while appending frame 8: checkpoints every 2 frames, so frame 7 was written after the last one.
+    _run_killed(cut, monkeypatch, h5md.H5MDWriter, "append", 8)
     meta, _ = read_checkpoint(cut.out + ".chk")
     assert meta["stage"] == "nvt" and meta["frames"] == 6
     with H5MDTrajectory(cut.out) as t:
@@ -147,19 +153,7 @@ def test_resume_during_npt_keeps_the_volume_history(small_box, tmp_path, monkeyp
     from cgkd import aa
 
     cfg = config.AAConfig(pdb=str(small_box), out=str(tmp_path / "npt.h5"), **{**SMALL, "npt_ps": 0.8, "nvt_ps": 0.16})
-    original = aa.AARun._log
-    calls = {"n": 0}
-
-    def crash_in_npt(self, stage, *a):
-        calls["n"] += 1
-        if calls["n"] == 4:  # NPT samples 1-3 logged, checkpoint after sample 2
-            raise KeyboardInterrupt
-        return original(self, stage, *a)
-
-    monkeypatch.setattr(aa.AARun, "_log", crash_in_npt)
-    with pytest.raises(KeyboardInterrupt):
-        run_aa(cfg, progress=False)
-    monkeypatch.setattr(aa.AARun, "_log", original)
+    _run_killed(cfg, monkeypatch, aa.AARun, "_log", 4)  # NPT samples 1-3 logged, checkpoint after sample 2
     meta, _ = read_checkpoint(cfg.out + ".chk")
     assert meta["stage"] == "npt" and meta["npt_samples"] == 2
     summary = run_aa(config.AAConfig(out=cfg.out, resume=True), progress=False)
