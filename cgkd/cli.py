@@ -110,13 +110,10 @@ def cmd_export(args):
 
     from .export import export
     from .h5md import H5MDTrajectory
-    from .train import load_model
+    from .train import load_ensemble
 
     src = Path(args.model)
-    members = sorted(src.glob("member_*")) if not (src / "model.pt").exists() else [src]
-    if not members:
-        raise CgkdError(f"{src}: no model.pt and no member_* folders: not a cgkd model or ensemble")
-    models = [load_model(m) for m in members]
+    _, models = load_ensemble(src)
     from .report import Traj
 
     if not args.topology:

@@ -80,16 +80,17 @@ def load_torch_plugins():
                 pass
 
 
-def torch_force(path, cuda_graphs=False):
-    """An openmmtorch.TorchForce for an exported potential, with periodic boundaries."""
+def torch_force(model, cuda_graphs=False):
+    """A periodic openmmtorch.TorchForce for an exported potential: a file path or a scripted module."""
     import openmmtorch
 
     load_torch_plugins()
-
-    path = Path(path)
-    if not path.is_file():
-        raise CgkdError(f"{path}: exported model file does not exist")
-    force = openmmtorch.TorchForce(str(path))
+    if not isinstance(model, torch.jit.ScriptModule):
+        model = Path(model)
+        if not model.is_file():
+            raise CgkdError(f"{model}: exported model file does not exist")
+        model = str(model)
+    force = openmmtorch.TorchForce(model)
     force.setUsesPeriodicBoundaryConditions(True)
     force.setOutputsForces(False)
     if cuda_graphs:

@@ -8,7 +8,6 @@ priors as native OpenMM forces: the repulsive walls as a CustomNonbondedForce (b
 and angles of multi-bead molecules as HarmonicBondForce / HarmonicAngleForce.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import openmm
@@ -17,20 +16,16 @@ import openmm.unit as u
 import torch
 
 from .errors import CgkdError
-from .export import ExportedPotential, load_torch_plugins
+from .export import ExportedPotential, torch_force
 
 
 class CGForceField:
     """A trained CG potential (or ensemble) that creates OpenMM Systems for CG topologies."""
 
     def __init__(self, path):
-        from .train import load_model
+        from .train import load_ensemble
 
-        path = Path(path)
-        members = [path] if (path / "model.pt").exists() else sorted(path.glob("member_*"))
-        if not members:
-            raise CgkdError(f"{path}: no model.pt and no member_* folders: not a cgkd model or ensemble")
-        self.models = [load_model(m) for m in members]
+        members, self.models = load_ensemble(path)
         meta_file = members[0] / "metadata.json"
         self.metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
         self.masses = self.metadata.get("bead_masses_amu", {})
@@ -67,14 +62,7 @@ class CGForceField:
         module = ExportedPotential(models, types, include_prior=False)
         if precision == "double":
             module = module.double()
-        load_torch_plugins()
-        import openmmtorch
-
-        force = openmmtorch.TorchForce(torch.jit.script(module))
-        force.setUsesPeriodicBoundaryConditions(True)
-        if cuda_graphs:
-            force.setProperty("useCUDAGraphs", "true")
-        system.addForce(force)
+        system.addForce(torch_force(torch.jit.script(module), cuda_graphs))
         prior, bonded = models[0].prior, models[0].bonded
         if prior is not None:
             walls = prior.to_openmm(types.tolist())

@@ -245,6 +245,15 @@ def load_model(path):
     return CGPotential.from_state(state["hparams"], state["priors"], state["model"]).eval()
 
 
+def load_ensemble(path):
+    """(member folders, models) of a model folder (model.pt) or an ensemble folder (member_*)."""
+    path = Path(path)
+    members = [path] if (path / "model.pt").exists() else sorted(path.glob("member_*"))
+    if not members:
+        raise CgkdError(f"{path}: no model.pt and no member_* folders: not a cgkd model or ensemble")
+    return members, [load_model(m) for m in members]
+
+
 def _member(args):
     cfg, member_dir, seed, threads = args
     if threads:
