@@ -30,7 +30,7 @@ def main():
                              batch_size=a.batch_size)
     ds = CGDataset(a.dataset)
     split = ds.split(cfg.val_fraction, cfg.test_fraction)
-    model = build_model(cfg, ds, split)
+    _, model = build_model(cfg, ds, split)
     types = model.type_index(ds.type_names)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     frames = np.arange(*split["train"])

@@ -17,6 +17,7 @@ HELP = {
     "map": "map an AA trajectory with forces to a CG dataset (bead positions, mapped forces) in H5MD",
     "train": "force matching: train a CG potential or an ensemble (--ensemble N) on a CG dataset",
     "export": "TorchScript export of a model or ensemble for openmmtorch.TorchForce",
+    "simulate": "CG MD with a trained model in OpenMM (TorchForce + native priors), with a stability monitor",
     "compare": "score CG trajectories against the mapped AA reference: RDF, ADF, CDF, diffusion; report + plots",
     "demo": "run the pipeline at demo scale (currently: build, a short AA run with forces, map to CG beads)",
 }
@@ -103,6 +104,10 @@ def cmd_train(args):
         t = m["metrics"]["test"]["all"]
         print(f"member {k} (seed {m['seed']}): test force RMSE {t['rmse']:.2f} kJ/mol/nm, MAE {t['mae']:.2f}; "
               f"force-energy consistency {m['force_energy_consistency_max_rel']:.1e}")
+    summary = json.loads((Path(metas[0]["config"]["out"]) / "ensemble.json").read_text())
+    if "ensemble_mean" in summary:
+        print(f"ensemble mean: test force RMSE {summary['ensemble_mean']['all']['rmse']:.2f} kJ/mol/nm "
+              f"(average member {summary['average_member_rmse']:.2f})")
 
 
 def cmd_export(args):
@@ -126,6 +131,19 @@ def cmd_export(args):
         raise CgkdError(f"{out}: output exists; pass --overwrite to replace it")
     export(models, list(types), out, include_prior=not args.no_prior, molecules=molecules)
     print(f"wrote {out}: {len(models)} member(s), {len(types)} beads, energy in kJ/mol from positions in nm")
+
+
+def cmd_simulate(args):
+    from .simulate import simulate
+
+    cfg = _config(config.SimConfig, args)
+    summary = simulate(cfg)
+    for k, r in enumerate(summary["replicas"]):
+        state = "stable" if r["stable"] else f"FAILED ({r['failed_check']}: {r['detail']}) at {r['time_to_failure_ps']:.1f} ps"
+        print(f"replica {k}: {r['time_ps']:.1f} ps, {r['frames']} frames, {state}; {r['ns_per_day']:.2f} ns/day")
+    print(f"fraction stable: {summary['fraction_stable']:.2f}; summary {Path(cfg.out) / 'summary.json'}")
+    if summary["fraction_stable"] < 1.0:
+        raise SystemExit(1)
 
 
 def cmd_compare(args):
@@ -198,6 +216,9 @@ def parser():
     e.add_argument("--no-prior", action="store_true", help="leave the prior out (add it as native OpenMM forces)")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_export)
+    s = sub.add_parser("simulate", help=HELP["simulate"], description=HELP["simulate"])
+    _add_config_flags(s, config.SimConfig)
+    s.set_defaults(func=cmd_simulate)
     c = sub.add_parser("compare", help=HELP["compare"], description=HELP["compare"])
     c.add_argument("--reference", required=True, help="CG dataset of the mapped AA reference (H5MD from cgkd map)")
     c.add_argument("--model", action="append", help="NAME=PATH[,PATH...]: a model's CG trajectories (replicas)")

@@ -75,7 +75,7 @@ class TrainConfig:
     layers: int = 1
     rbf: int = 16                     # radial basis functions
     cutoff: float = 1.0               # nm
-    prior_epsilon: float = 2.5        # kJ/mol, strength of the repulsive walls at the RDF onsets
+    prior_epsilon: float = 2.5        # kJ/mol, strength of the repulsive walls at the RDF onsets (0: no walls)
     temperature: Optional[float] = None  # K, Boltzmann inversion of bonded priors; default: the dataset's
     loss: str = "mse"                 # mse | mae | mixed (mean of both)
     epochs: int = 100
@@ -89,6 +89,36 @@ class TrainConfig:
     max_frames: Optional[int] = None  # use the first n frames of the dataset
     resume: bool = False              # continue from the last epoch checkpoint of each member
     overwrite: bool = False           # replace an existing model folder
+
+
+@dataclass
+class SimConfig:
+    model: Optional[str] = None       # model or ensemble folder from `cgkd train` (students: the same layout)
+    start: Optional[str] = None       # CG dataset or trajectory giving the starting frame, topology and temperature
+    frame: int = -1                   # frame of --start (negative: from the end)
+    units: Optional[int] = None       # build a new box of this many formula units of --start's composition instead
+    density: Optional[float] = None   # g/cm^3 of the new box (default: the start frame's)
+    replicate: int = 1                # tile the starting box k x k x k
+    out: str = "cgsim"                # folder: replica_<k>/{traj.h5, log.csv, traj.h5.chk, summary.json}, summary.json
+    temperature: Optional[float] = None  # K (default: the start dataset's)
+    integrator: str = "langevin"      # langevin (LangevinMiddleIntegrator, NVT) | verlet (NVE)
+    friction: float = 1.0             # 1/ps
+    dt_fs: float = 4.0                # timestep
+    steps: int = 10000                # steps per replica
+    report: int = 250                 # steps between frames, log lines and stability checks
+    checkpoint_every: int = 10        # frames between checkpoints
+    replicas: int = 1                 # independent runs (seeds seed, seed + 1, ...); summary reports the fraction stable
+    seed: int = 1
+    minimize: bool = False            # minimise the energy before dynamics (always for a new box)
+    floor_factor: float = 0.7         # clumping: a pair closer than this times its closest approach in the training data
+    temperature_tolerance: float = 0.25  # relative deviation of the kinetic temperature that fails a run
+    platform: Optional[str] = None    # CUDA when present, else CPU
+    precision: str = "single"         # single | double: the model's arithmetic and the GPU platforms' Precision
+    cuda_graphs: bool = False         # TorchForce useCUDAGraphs (CUDA platform)
+    neighbors: str = "cell"           # model's neighbour search: cell (cell lists, linear in beads) | brute (all pairs)
+    threads: Optional[int] = None     # CPU platform threads
+    resume: bool = False              # continue every replica from its checkpoint
+    overwrite: bool = False           # replace existing output
 
 
 def load(cls, path=None, **overrides):

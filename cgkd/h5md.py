@@ -19,7 +19,8 @@ import numpy as np
 from . import __version__
 from .errors import CgkdError
 
-UNITS = {"position": "nm", "force": "kJ mol-1 nm-1", "velocity": "nm ps-1", "edges": "nm"}
+UNITS = {"position": "nm", "unwrapped_position": "nm", "force": "kJ mol-1 nm-1", "velocity": "nm ps-1",
+         "edges": "nm"}
 
 
 def create_series(parent, name, shape, dtype, unit=None, compression=None):
@@ -49,7 +50,8 @@ class H5MDWriter:
 
         dtype maps field -> numpy dtype; default float64 positions (exact finite-difference checks and
         mapping) and float32 forces (mapped labels are far noisier than float32 rounding)."""
-        dtype = {"position": np.float64, "force": np.float32, "velocity": np.float32, **(dtype or {})}
+        dtype = {"position": np.float64, "unwrapped_position": np.float64, "force": np.float32, "velocity": np.float32,
+                 **(dtype or {})}
         with h5py.File(path, "w") as f:
             h = f.create_group("h5md")
             h.attrs["version"] = np.array([1, 1])

@@ -137,6 +137,21 @@ class CGPotential(torch.nn.Module):
             model.bead_types = list(bead_types)
         return model
 
+    def use_neighbor_strategy(self, strategy, box):
+        """Switch the neighbour searches (representation and prior) to TorchMD-Net's `strategy` ("cell":
+        cell lists, O(N); "brute": all pairs, O(N^2)) for a fixed periodic box (3, 3) nm."""
+        box = torch.as_tensor(np.asarray(box), dtype=torch.float32)
+
+        def rebuilt(d):
+            return OptimizedDistance(d.cutoff_lower, d.cutoff_upper, max_num_pairs=d.max_num_pairs,
+                                     return_vecs=d.return_vecs, loop=d.loop, strategy=strategy,
+                                     include_transpose=d.include_transpose, resize_to_fit=d.resize_to_fit,
+                                     box=box, long_edge_index=d.long_edge_index)
+
+        self.representation.distance = rebuilt(self.representation.distance)
+        self.pairs = rebuilt(self.pairs)
+        return self
+
     def energy_forces(self, types, pos, box, batch=None, create_graph=False):
         """(per-bead energies, total energies, forces = -dE/dR)."""
         pos = pos.requires_grad_(True) if not pos.requires_grad else pos
@@ -145,8 +160,8 @@ class CGPotential(torch.nn.Module):
         return eps, energy, forces
 
 
-def build_prior(type_names, r, rdfs, epsilon=2.5):
-    """A RepulsivePrior with each wall at the onset of that type pair's RDF ({(A, B): g})."""
+def pair_onsets(type_names, r, rdfs):
+    """(n_types, n_types) RDF onsets: where the data starts to have pairs of each type pair ({(A, B): g})."""
     from .priors import rdf_onset
 
     n = len(type_names)
@@ -155,5 +170,10 @@ def build_prior(type_names, r, rdfs, epsilon=2.5):
         i, j = type_names.index(a), type_names.index(b)
         r0[i, j] = r0[j, i] = rdf_onset(r, g)
     if (r0 == 0).any():
-        raise CgkdError(f"repulsive prior: RDFs missing for some of the type pairs of {type_names}")
-    return RepulsivePrior(r0, epsilon)
+        raise CgkdError(f"RDFs missing for some of the type pairs of {type_names}")
+    return r0
+
+
+def build_prior(type_names, r, rdfs, epsilon=2.5):
+    """A RepulsivePrior with each wall at the onset of that type pair's RDF ({(A, B): g})."""
+    return RepulsivePrior(pair_onsets(type_names, r, rdfs), epsilon)

@@ -30,13 +30,22 @@ class CGForceField:
         self.metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
         self.masses = self.metadata.get("bead_masses_amu", {})
         self.cutoff = self.models[0].cutoff
+        self.max_num_neighbors = min(m.max_num_neighbors for m in self.models)
+        # Closest approach of each bead-type pair in the training data (the stability monitor's reference).
+        onsets = self.metadata.get("pair_onsets_nm")
+        if onsets is None and self.models[0].prior is not None:
+            onsets = self.models[0].prior.r0.tolist()
+        self.onsets = np.asarray(onsets) if onsets is not None else None
 
     @property
     def bead_types(self):
         return self.models[0].type_names
 
-    def createSystem(self, topology, cuda_graphs=False, precision="single"):
-        """An openmm.System for a periodic CG topology (atom names are bead types, residues are molecules)."""
+    def createSystem(self, topology, cuda_graphs=False, precision="single", neighbors="cell"):
+        """An openmm.System for a periodic CG topology (atom names are bead types, residues are molecules).
+
+        neighbors: TorchMD-Net neighbour search in the exported model, "cell" (cell lists, linear in the bead
+        count; the box is fixed, as in NVT) or "brute" (all pairs)."""
         names = [a.name for a in topology.atoms()]
         unknown = sorted(set(names) - set(self.bead_types))
         if unknown:
@@ -57,7 +66,9 @@ class CGForceField:
         for n in names:
             system.addParticle(self.masses[n])
         system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-        models = [m.for_topology(names, molecules) for m in self.models]
+        if neighbors not in ("cell", "brute"):
+            raise CgkdError(f"neighbors must be cell or brute, got {neighbors!r}")
+        models = [m.for_topology(names, molecules).use_neighbor_strategy(neighbors, box) for m in self.models]
         types = models[0].type_index(names)
         module = ExportedPotential(models, types, include_prior=False)
         if precision == "double":

@@ -19,7 +19,8 @@ from . import __version__, observables
 from .errors import CgkdError
 from .fileio import atomic_path, file_hash, write_json
 from .h5md import H5MDTrajectory
-from .model import CGPotential, build_prior, max_neighbors
+from .model import CGPotential, max_neighbors, pair_onsets
+from .priors import RepulsivePrior
 from .priors import fit_bonded
 
 KB = 0.008314462618  # kJ/mol/K
@@ -81,14 +82,16 @@ def force_loss(pred, target, kind):
 
 
 def evaluate(model, ds, types, frames, batch_size):
-    """Force errors on the given frames: RMSE and MAE overall and per bead type (kJ/mol/nm)."""
+    """Force errors on the given frames: RMSE and MAE overall and per bead type (kJ/mol/nm). `model` may be
+    a list of models: an ensemble, whose prediction is the members' mean force."""
+    models = model if isinstance(model, (list, tuple)) else [model]
     sq, ab, count = {}, {}, {}
     names = np.array(ds.type_names)
     for s in range(0, len(frames), batch_size):
         fr = frames[s:s + batch_size]
         t, p, b, bi, f = batch(ds, fr, types)
-        _, _, pred = model.energy_forces(t, p, b, bi)
-        err = (pred.detach() - f).numpy().reshape(len(fr), -1, 3)
+        pred = sum(m.energy_forces(t, p.clone(), b, bi)[2].detach() for m in models) / len(models)
+        err = (pred - f).numpy().reshape(len(fr), -1, 3)
         for name in ["all", *sorted(set(names))]:
             sel = np.ones(len(names), bool) if name == "all" else names == name
             e = err[:, sel]
@@ -119,8 +122,8 @@ def consistency(model, ds, types, frame, h=1e-4, atoms=5):
 
 
 def build_model(cfg, ds, split):
-    """A CGPotential for the dataset: prior walls from the training frames' RDFs, neighbour budget from the
-    densest frame."""
+    """(RDF onsets per type pair, CGPotential) for the dataset: prior walls at the training frames' RDF
+    onsets (none when cfg.prior_epsilon is 0), neighbour budget from the densest frame."""
     half = observables.max_cutoff(ds.boxes)
     if cfg.cutoff > half:
         raise CgkdError(f"{ds.path}: cutoff {cfg.cutoff} nm is larger than half the box ({half:.3f} nm)")
@@ -128,12 +131,13 @@ def build_model(cfg, ds, split):
     r, g, _ = observables.rdf(ds.positions[lo:hi], ds.boxes[lo:hi], np.array(ds.type_names), r_max=half,
                               n_bins=int(half / 0.005))
     names = sorted(set(ds.type_names))
-    prior = build_prior(names, r, g, cfg.prior_epsilon)
+    onsets = pair_onsets(names, r, g)
+    prior = RepulsivePrior(onsets, cfg.prior_epsilon) if cfg.prior_epsilon > 0 else None
     temperature = cfg.temperature or ds.temperature
     bonded = fit_bonded(ds.positions[lo:hi], ds.boxes[lo:hi], ds.type_names, ds.residues,
                         KB * temperature if temperature else None, where=str(ds.path))
-    budget = max_neighbors(ds.positions, ds.boxes, max(cfg.cutoff, prior.cutoff))
-    return CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
+    budget = max_neighbors(ds.positions, ds.boxes, max(cfg.cutoff, prior.cutoff if prior is not None else 0.0))
+    return onsets, CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
                        arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
                        molecules=ds.residues if bonded is not None else None,
                        bead_types=ds.type_names if bonded is not None else None)
@@ -162,7 +166,7 @@ def train_member(cfg, member_dir, seed, progress=True):
     ds = CGDataset(cfg.dataset, cfg.max_frames)
     split = ds.split(cfg.val_fraction, cfg.test_fraction)
     torch.manual_seed(seed)
-    model = build_model(cfg, ds, split)
+    onsets, model = build_model(cfg, ds, split)
     types = model.type_index(ds.type_names)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience)
@@ -219,8 +223,10 @@ def train_member(cfg, member_dir, seed, progress=True):
     meta = {"cgkd_version": __version__, "bead_types": model.type_names, "hparams": model.hparams,
             "bead_masses_amu": masses,
             "units": {"length": "nm", "energy": "kJ/mol", "force": "kJ/mol/nm"},
-            "prior": {"kind": "WCA walls at the RDF onsets", "epsilon_kJ_mol": model.prior.epsilon,
-                      "r0_nm": model.prior.r0.tolist(),
+            "temperature_K": cfg.temperature or ds.temperature,
+            "pair_onsets_nm": onsets.tolist(),
+            "prior": {"kind": "WCA walls at the RDF onsets" if model.prior is not None else "none",
+                      "epsilon_kJ_mol": model.prior.epsilon if model.prior is not None else 0.0,
                       "bonded": None if model.bonded is None else {
                           "bonds": model.bonded.bonds.shape[0], "angles": model.bonded.angles.shape[0],
                           "fit": f"Boltzmann inversion at {cfg.temperature or ds.temperature} K"}},
@@ -278,6 +284,12 @@ def train(cfg, progress=True):
     else:
         metas = [_member(j) for j in jobs]
     summary = {"members": [m["metrics"]["test"]["all"] for m in metas], "seeds": [m["seed"] for m in metas]}
+    if len(metas) > 1:
+        ds = CGDataset(cfg.dataset, cfg.max_frames)
+        models = load_ensemble(out)[1]
+        test = np.arange(*metas[0]["split"]["test"])
+        summary["ensemble_mean"] = evaluate(models, ds, models[0].type_index(ds.type_names), test, cfg.batch_size)
+        summary["average_member_rmse"] = float(np.mean([m["rmse"] for m in summary["members"]]))
     write_json(out / "ensemble.json", summary)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     return metas

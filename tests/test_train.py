@@ -13,22 +13,7 @@ from cgkd.h5md import H5MDTrajectory, H5MDWriter
 from cgkd.systems import SYSTEMS_DIR
 from cgkd.train import load_model, train
 
-FAST = dict(epochs=2, batch_size=4, cutoff=0.7, channels=8, rbf=4, val_fraction=0.2, test_fraction=0.2)
-
-
-@pytest.fixture(scope="module")
-def cg(small_run, tmp_path_factory):
-    cfg, _ = small_run
-    out = tmp_path_factory.mktemp("cgtrain") / "cg.h5"
-    spec = mapping.MappingSpec.load(SYSTEMS_DIR / "ethaline" / "mapping.yaml")
-    return mapping.map_trajectory(readers.open_trajectory(cfg.out), spec, out, progress=False)["out"]
-
-
-@pytest.fixture(scope="module")
-def trained(cg, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "ens"
-    metas = train(config.TrainConfig(dataset=cg, out=str(out), ensemble=2, **FAST), progress=False)
-    return out, metas
+from .conftest import FAST
 
 
 def test_ensemble_metadata_and_contiguous_split(trained):

@@ -1,0 +1,332 @@
+"""CG simulations with OpenMM: a trained model (teacher, ensemble or student) as a TorchForce plus native
+priors, Langevin (NVT) or velocity Verlet (NVE) dynamics, H5MD output, checkpoints and a stability monitor.
+
+Each replica writes <out>/replica_<k>/traj.h5 (wrapped and unwrapped positions, box, energies), log.csv and
+traj.h5.chk; <out>/summary.json gathers them. At every report the monitor checks that energies and
+positions are finite, that no bead pair of types (A, B) is closer than `floor_factor` times the closest
+approach of that pair in the model's training data (the RDF onset: "clumping"), that no bead has more
+neighbours than the model's budget, and that the kinetic temperature is near the target. A failed check
+stops the replica cleanly: the last good frames and checkpoint stay, the summary records when and why.
+"""
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+from scipy.spatial import cKDTree
+from tqdm import tqdm
+
+from . import __version__, config, systems
+from .aa import read_checkpoint, write_checkpoint
+from .errors import CgkdError
+from .fileio import check_writable, write_json
+from .h5md import H5MDTrajectory, H5MDWriter
+
+KB = 0.008314462618  # kJ/mol/K
+LOG_COLUMNS = ["step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "total_kJ_mol", "temperature_K",
+               "closest_pair_over_floor", "speed_ns_day"]
+
+
+def replicate(topology, positions, k):
+    """The periodic box tiled k x k x k times: (topology, positions (N k^3, 3) nm)."""
+    box = np.array(topology.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+    shifts = [np.array([a, b, c]) @ box for a in range(k) for b in range(k) for c in range(k)]
+    top = app.Topology()
+    chain = top.addChain()
+    for _ in shifts:
+        for res in topology.residues():
+            r = top.addResidue(res.name, chain)
+            for atom in res.atoms():
+                top.addAtom(atom.name, None, r)
+    top.setPeriodicBoxVectors(box * k * u.nanometer)
+    return top, np.concatenate([positions + s for s in shifts])
+
+
+def new_box(topology, positions, units, density, masses, floors, seed):
+    """A fresh box of `units` copies of the start's formula unit (its residue counts divided by their
+    greatest common divisor) at `density` g/cm^3: whole molecules (geometry from the start) at random
+    positions and orientations, none closer than the floor of its type pair."""
+    box = np.array(topology.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+    residues = list(topology.residues())
+    counts = {}
+    for r in residues:
+        counts[r.name] = counts.get(r.name, 0) + 1
+    g = math.gcd(*counts.values())
+    templates = {}
+    for r in residues:
+        if r.name not in templates:
+            idx = [a.index for a in r.atoms()]
+            d = positions[idx] - positions[idx[0]]
+            d -= np.round(d / np.diag(box)) * np.diag(box)
+            templates[r.name] = ([a.name for a in r.atoms()], d - d.mean(axis=0))
+    order = [name for name in counts for _ in range(counts[name] // g)] * units
+    mass = sum(masses[n] for name in order for n in templates[name][0])
+    edge = (mass / 6.02214076e23 / density * 1e21) ** (1.0 / 3.0)  # nm
+    rng = np.random.default_rng(seed)
+    top = app.Topology()
+    chain = top.addChain()
+    placed, placed_types, out = np.zeros((0, 3)), [], []
+    type_names = sorted(floors["types"])
+    floor = np.asarray(floors["r0"])
+    for name in order:
+        names, geom = templates[name]
+        for attempt in range(10000):
+            q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+            xyz = np.mod(geom @ q.T + rng.uniform(0, edge, 3), edge)
+            if not len(placed):
+                break
+            d = xyz[:, None, :] - placed[None]
+            d -= np.round(d / edge) * edge
+            r = np.linalg.norm(d, axis=-1)
+            ti = [type_names.index(n) for n in names]
+            if (r >= floor[np.ix_(ti, placed_types)]).all():
+                break
+        else:
+            raise CgkdError(f"new box: could not place {name} without overlaps at {density} g/cm^3")
+        res = top.addResidue(name, chain)
+        for n in names:
+            top.addAtom(n, None, res)
+        placed = np.concatenate([placed, xyz])
+        placed_types += [type_names.index(n) for n in names]
+        out.append(xyz)
+    top.setPeriodicBoxVectors(np.eye(3) * edge * u.nanometer)
+    return top, np.concatenate(out)
+
+
+class Monitor:
+    """Stability checks on one state; returns (check name, detail) for the first that fails, else None."""
+
+    def __init__(self, names, type_names, onsets, floor_factor, max_neighbors, cutoff, temperature, ndof,
+                 tolerance):
+        self.types = np.array([type_names.index(n) for n in names])
+        self.type_names = type_names
+        self.floor = floor_factor * np.asarray(onsets)
+        self.max_neighbors, self.cutoff = max_neighbors, cutoff
+        self.T, self.ndof = temperature, ndof
+        # Relative kinetic-temperature bound: the given tolerance, or 6 standard deviations of the
+        # instantaneous temperature of ndof degrees of freedom, whichever is wider.
+        self.tolerance = max(tolerance, 6.0 * math.sqrt(2.0 / ndof))
+        self.closest = float("inf")
+
+    def __call__(self, pos, box, pe, ke):
+        if not (np.isfinite(pe) and np.isfinite(ke) and np.isfinite(pos).all()):
+            return "non-finite", f"energy {pe} kJ/mol, kinetic {ke} kJ/mol or positions not finite"
+        edge = np.diag(box)
+        wrapped = np.mod(pos, edge)
+        tree = cKDTree(wrapped, boxsize=edge)
+        pairs = tree.query_pairs(self.floor.max(), output_type="ndarray")
+        self.closest = float("inf")
+        if len(pairs):
+            d = wrapped[pairs[:, 0]] - wrapped[pairs[:, 1]]
+            r = np.linalg.norm(d - np.round(d / edge) * edge, axis=1)
+            ratio = r / self.floor[self.types[pairs[:, 0]], self.types[pairs[:, 1]]]
+            k = int(np.argmin(ratio))
+            self.closest = float(ratio[k])
+            if ratio[k] < 1.0:
+                i, j = pairs[k]
+                a, b = self.type_names[self.types[i]], self.type_names[self.types[j]]
+                return "clumping", (f"beads {i} ({a}) and {j} ({b}) at {r[k]:.3f} nm, below the {a}-{b} floor "
+                                    f"{self.floor[self.types[i], self.types[j]]:.3f} nm")
+        need = int(tree.query_ball_point(wrapped, self.cutoff, return_length=True).max()) - 1
+        if need > self.max_neighbors:
+            return "neighbours", f"a bead has {need} neighbours within {self.cutoff} nm (model budget " \
+                                 f"{self.max_neighbors}): the model would drop pairs"
+        T = 2.0 * ke / (self.ndof * KB)
+        if abs(T / self.T - 1.0) > self.tolerance:
+            return "temperature", f"kinetic temperature {T:.1f} K, target {self.T} K (tolerance " \
+                                  f"{100 * self.tolerance:.0f} %)"
+        return None
+
+
+class Replica:
+    """One CG run of a SimConfig in folder `out`; `run()` executes or resumes it."""
+
+    def __init__(self, cfg, ff, topology, positions, out, seed, temperature):
+        self.cfg, self.ff, self.topology = cfg, ff, topology
+        self.out = Path(out)
+        self.traj, self.chk, self.log = self.out / "traj.h5", self.out / "traj.h5.chk", self.out / "log.csv"
+        self.positions, self.seed, self.T = positions, seed, temperature
+        self.names = [a.name for a in topology.atoms()]
+        self.system = ff.createSystem(topology, cuda_graphs=cfg.cuda_graphs, precision=cfg.precision,
+                                      neighbors=cfg.neighbors)
+        self.masses = np.array([ff.masses[n] for n in self.names])
+        self.ndof = 3 * len(self.names) - 3
+        if ff.onsets is None:
+            raise CgkdError(f"{cfg.model}: the model's metadata has no pair_onsets_nm (closest approaches in its "
+                            "training data), which the stability monitor needs")
+        self.monitor = Monitor(self.names, ff.bead_types, ff.onsets, cfg.floor_factor, ff.max_num_neighbors,
+                               ff.cutoff, temperature, self.ndof, cfg.temperature_tolerance)
+        self.platform = systems.default_platform(cfg.platform)
+        self.steps_per_ps = 1000.0 / cfg.dt_fs
+
+    def _simulation(self):
+        dt = self.cfg.dt_fs * u.femtosecond
+        if self.cfg.integrator == "verlet":
+            integ = openmm.VerletIntegrator(dt)
+        elif self.cfg.integrator == "langevin":
+            integ = openmm.LangevinMiddleIntegrator(self.T * u.kelvin, self.cfg.friction / u.picosecond, dt)
+            integ.setRandomNumberSeed(self.seed)
+        else:
+            raise CgkdError(f"integrator must be langevin or verlet, got {self.cfg.integrator!r}")
+        props = systems.platform_properties(self.platform, self.cfg.threads)
+        if self.platform.getName() in ("CUDA", "OpenCL"):
+            props = {**props, "Precision": self.cfg.precision}
+        return app.Simulation(self.topology, self.system, integ, self.platform, props)
+
+    def _create_file(self):
+        w = H5MDWriter.create(self.traj, len(self.names), fields=("position", "unwrapped_position"),
+                              masses=self.masses, dtype={"position": np.float32, "unwrapped_position": np.float32},
+                              observables=[("potential_energy", "kJ mol-1"), ("kinetic_energy", "kJ mol-1"),
+                                           ("temperature", "K")])
+        g = w.cgkd
+        g.create_dataset("bead_types", data=self.names)
+        g.create_dataset("residue_names", data=[a.residue.name for a in self.topology.atoms()])
+        g.create_dataset("residue_ids", data=[a.residue.index for a in self.topology.atoms()])
+        g.attrs["config"] = config.to_yaml(self.cfg)
+        g.attrs["model"] = str(self.cfg.model)
+        g.attrs["seed"] = self.seed
+        g.attrs["temperature_K"] = self.T
+        g.attrs["timestep_fs"] = self.cfg.dt_fs
+        g.attrs["integrator"] = self.cfg.integrator
+        g.attrs["platform"] = self.platform.getName()
+        return w
+
+    def _checkpoint(self, sim, writer):
+        writer.file.flush()
+        meta = {"step": sim.context.getStepCount(), "frames": len(writer), "seed": self.seed,
+                "cgkd_version": __version__, "platform": self.platform.getName()}
+        write_checkpoint(self.chk, meta, sim.context.createCheckpoint())
+
+    def _trim_log(self, last_step):
+        rows = self.log.read_text().splitlines() if self.log.exists() else [",".join(LOG_COLUMNS)]
+        keep = [r for r in rows[1:] if int(float(r.split(",")[0])) <= last_step]
+        self.log.write_text("\n".join([rows[0]] + keep) + "\n")
+
+    def run(self, progress=True):
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        sim = self._simulation()
+        if cfg.resume and not self.chk.exists() and self.traj.exists():
+            raise CgkdError(f"{self.traj}: no checkpoint {self.chk.name} beside it to resume from")
+        if cfg.resume and self.chk.exists():
+            meta, blob = read_checkpoint(self.chk)
+            if meta["platform"] != self.platform.getName():
+                raise CgkdError(f"{self.chk}: written on the {meta['platform']} platform; resume it there")
+            writer = H5MDWriter(self.traj)
+            writer.truncate(meta["frames"])
+            self._trim_log(meta["step"])
+            try:
+                sim.context.loadCheckpoint(blob)
+            except Exception as e:  # OpenMM raises its own exception type for foreign checkpoints
+                raise CgkdError(f"{self.chk}: cannot load the checkpoint ({e})") from None
+        else:
+            writer = self._create_file()
+            self.log.write_text(",".join(LOG_COLUMNS) + "\n")
+            sim.context.setPositions(self.positions)
+            if cfg.minimize or cfg.units:
+                sim.minimizeEnergy(maxIterations=200)
+            sim.context.setVelocitiesToTemperature(self.T * u.kelvin, self.seed)
+            self._checkpoint(sim, writer)
+        failure = None
+        t0, s0 = time.perf_counter(), sim.context.getStepCount()
+        bar = tqdm(total=cfg.steps, initial=s0, unit="step", disable=not progress, desc=f"cgkd simulate {self.out.name}")
+        try:
+            while sim.context.getStepCount() < cfg.steps:
+                n = min(cfg.report, cfg.steps - sim.context.getStepCount())
+                try:
+                    sim.step(n)
+                    state = sim.context.getState(getPositions=True, getEnergy=True)
+                except openmm.OpenMMException as e:
+                    failure = ("non-finite", f"OpenMM stopped: {e}")
+                    break
+                bar.update(n)
+                pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+                box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
+                pe = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+                ke = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+                failure = self.monitor(pos, box, pe, ke)
+                if failure:
+                    break
+                step, t = sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond)
+                elapsed = time.perf_counter() - t0
+                speed = (step - s0) * cfg.dt_fs * 1e-6 / (elapsed / 86400)
+                T = 2.0 * ke / (self.ndof * KB)
+                with open(self.log, "a") as f:
+                    f.write(",".join(f"{v:.8g}" for v in (step, t, pe, ke, pe + ke, T, self.monitor.closest, speed))
+                            + "\n")
+                wrapped = pos - np.floor(pos @ np.linalg.inv(box)) @ box
+                writer.append(step, t, box, observables={"potential_energy": pe, "kinetic_energy": ke,
+                                                         "temperature": T},
+                              position=wrapped, unwrapped_position=pos)
+                if len(writer) % cfg.checkpoint_every == 0 or step >= cfg.steps:
+                    self._checkpoint(sim, writer)
+        finally:
+            bar.close()
+            frames = len(writer)
+            writer.close()
+        elapsed = time.perf_counter() - t0
+        step = sim.context.getStepCount()
+        summary = {"out": str(self.traj), "seed": self.seed, "stable": failure is None, "frames": frames,
+                   "steps": int(step), "time_ps": step / self.steps_per_ps,
+                   "ns_per_day": (step - s0) * cfg.dt_fs * 1e-6 / (elapsed / 86400) if elapsed > 0 else None,
+                   "steps_per_s": (step - s0) / elapsed if elapsed > 0 else None}
+        if failure:
+            summary.update(failed_check=failure[0], detail=failure[1], time_to_failure_ps=step / self.steps_per_ps,
+                           last_good_checkpoint_step=read_checkpoint(self.chk)[0]["step"])
+        write_json(self.out / "summary.json", summary)
+        return summary
+
+
+def starting_structure(cfg, ff):
+    """(CG topology, positions nm, temperature K) from the start dataset and the box options."""
+    from .openmm import topology_from_dataset
+
+    if cfg.start is None:
+        raise CgkdError("cgkd simulate: --start (a CG dataset or trajectory with /cgkd/bead_types) is required")
+    with H5MDTrajectory(cfg.start) as t:
+        n = len(t)
+        T = float(t.cgkd.attrs["temperature_K"]) if "temperature_K" in t.cgkd.attrs else None
+    frame = cfg.frame if cfg.frame >= 0 else n + cfg.frame
+    if not 0 <= frame < n:
+        raise CgkdError(f"{cfg.start}: frame {cfg.frame} out of range ({n} frames)")
+    top, pos = topology_from_dataset(cfg.start, frame)
+    if cfg.units:
+        box = np.array(top.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+        mass = sum(ff.masses[a.name] for a in top.atoms())
+        density = cfg.density or mass / 6.02214076e23 / (np.linalg.det(box) * 1e-21)
+        top, pos = new_box(top, pos, cfg.units, density, ff.masses,
+                           {"types": ff.bead_types, "r0": ff.onsets}, cfg.seed)
+    if cfg.replicate > 1:
+        top, pos = replicate(top, pos, cfg.replicate)
+    return top, pos, cfg.temperature or T or ff.metadata.get("temperature_K")
+
+
+def simulate(cfg, progress=True):
+    """Run cfg.replicas independent replicas; returns the summary (also written to <out>/summary.json)."""
+    from .openmm import CGForceField
+
+    if cfg.model is None:
+        raise CgkdError("cgkd simulate: --model (a model or ensemble folder from `cgkd train`) is required")
+    out = Path(cfg.out)
+    if cfg.steps < 1 or cfg.report < 1 or cfg.replicas < 1 or cfg.checkpoint_every < 1:
+        raise CgkdError("steps, report, replicas and checkpoint_every must be >= 1")
+    ff = CGForceField(cfg.model)
+    top, pos, T = starting_structure(cfg, ff)
+    if T is None:
+        raise CgkdError("cgkd simulate: no temperature in the start dataset or the model; pass --temperature")
+    runs = [Replica(cfg, ff, top, pos, out / f"replica_{k}", cfg.seed + k, T) for k in range(cfg.replicas)]
+    if not cfg.resume:  # checked after the set-up, so bad input leaves nothing behind
+        check_writable(out / "summary.json", cfg.overwrite)
+        for r in runs:
+            check_writable(r.traj, cfg.overwrite)
+    results = [r.run(progress) for r in runs]
+    summary = {"model": str(cfg.model), "start": str(cfg.start), "beads": top.getNumAtoms(),
+               "temperature_K": T, "timestep_fs": cfg.dt_fs, "integrator": cfg.integrator,
+               "platform": runs[0].platform.getName(), "replicas": results,
+               "fraction_stable": float(np.mean([r["stable"] for r in results])), "cgkd_version": __version__}
+    write_json(out / "summary.json", summary)
+    return summary
