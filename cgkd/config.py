@@ -116,7 +116,7 @@ class SimConfig:
     precision: str = "single"         # single | double: the model's arithmetic and the GPU platforms' Precision
     cuda_graphs: bool = False         # TorchForce useCUDAGraphs (CUDA platform)
     neighbors: str = "cell"           # model's neighbour search: cell (cell lists, linear in beads) | brute (all pairs)
-    threads: Optional[int] = None     # CPU platform threads
+    threads: Optional[int] = None     # CPU platform and PyTorch threads
     resume: bool = False              # continue every replica from its checkpoint
     overwrite: bool = False           # replace existing output
 

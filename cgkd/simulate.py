@@ -314,6 +314,10 @@ def simulate(cfg, progress=True):
     out = Path(cfg.out)
     if cfg.steps < 1 or cfg.report < 1 or cfg.replicas < 1 or cfg.checkpoint_every < 1:
         raise CgkdError("steps, report, replicas and checkpoint_every must be >= 1")
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # the model's arithmetic runs in PyTorch's own threads
     ff = CGForceField(cfg.model)
     top, pos, T = starting_structure(cfg, ff)
     if T is None:

@@ -49,25 +49,42 @@ def cg(small_run, tmp_path_factory):
     return t.positions().astype(np.float64), t.boxes(), np.array(types), s["topology"]
 
 
-def test_rdf_agrees_with_mdtraj_and_mdanalysis(cg):
-    pos, boxes, types, pdb = cg
-    r, g, _ = observables.rdf(pos, boxes, types, r_max=0.75, n_bins=30)
-    top = md.load_topology(pdb)
-    traj = md.Trajectory(pos, top, unitcell_lengths=boxes[:, [0, 1, 2], [0, 1, 2]],
-                         unitcell_angles=np.full((len(pos), 3), 90.0))
+def _rdf_against_mdtraj_and_mdanalysis(pos, boxes, types, pdb, r_max, n_bins, pairs):
     import MDAnalysis as mda
+
+    r, g, _ = observables.rdf(pos, boxes, types, r_max=r_max, n_bins=n_bins)
+    top = md.load_topology(pdb)
+    lengths = boxes[:, [0, 1, 2], [0, 1, 2]]
+    traj = md.Trajectory(pos, top, unitcell_lengths=lengths, unitcell_angles=np.full((len(pos), 3), 90.0))
     u = mda.Universe(pdb)
-    u.load_new(pos * 10.0, order="fac", dimensions=np.c_[boxes[:, [0, 1, 2], [0, 1, 2]] * 10, np.full((len(pos), 3), 90.0)])
-    for a, b in [("CHO", "CL"), ("EGL", "EGL"), ("CHO", "EGL")]:
+    u.load_new(pos * 10.0, order="fac", dimensions=np.c_[lengths * 10, np.full((len(pos), 3), 90.0)])
+    for a, b in pairs:
         ia, ib = np.flatnonzero(types == a), np.flatnonzero(types == b)
-        pairs = traj.topology.select_pairs(ia, ib) if a != b else np.array([(i, j) for i in ia for j in ia if i < j])
-        r_md, g_md = md.compute_rdf(traj, pairs, r_range=(0.0, 0.75), n_bins=30)
+        sel = traj.topology.select_pairs(ia, ib) if a != b else np.array([(i, j) for i in ia for j in ia if i < j])
+        r_md, g_md = md.compute_rdf(traj, sel, r_range=(0.0, r_max), n_bins=n_bins)
         assert np.allclose(r, r_md, atol=1e-6)
         assert np.allclose(g[(a, b)], g_md, rtol=1e-4, atol=1e-6), (a, b)
-        ag_a = u.atoms[ia]
-        ag_b = u.atoms[ib]
-        ird = InterRDF(ag_a, ag_b, nbins=30, range=(0.0, 7.5), exclusion_block=(1, 1) if a == b else None).run()
+        ird = InterRDF(u.atoms[ia], u.atoms[ib], nbins=n_bins, range=(0.0, 10 * r_max),
+                       exclusion_block=(1, 1) if a == b else None).run()
         assert np.allclose(g[(a, b)], ird.results.rdf, rtol=1e-3, atol=1e-3), (a, b)
+
+
+def test_rdf_agrees_with_mdtraj_and_mdanalysis(cg):
+    pos, boxes, types, pdb = cg
+    _rdf_against_mdtraj_and_mdanalysis(pos, boxes, types, pdb, 0.75, 30, [("CHO", "CL"), ("EGL", "EGL"), ("CHO", "EGL")])
+
+
+def test_rdf_on_the_reference_dataset_agrees_with_mdtraj_and_mdanalysis():
+    """Every bead-type pair of the committed ethaline reference dataset, 25 frames spread over its length."""
+    ref = SYSTEMS_DIR / "ethaline" / "reference" / "ethaline_cg.h5"
+    with H5MDTrajectory(ref) as t:
+        frames = np.linspace(0, len(t) - 1, 25).astype(int)
+        pos, boxes = t.positions(frames).astype(np.float64), t.boxes(frames).astype(np.float64)
+        types = np.array([x.decode() for x in t.cgkd["bead_types"][:]])
+    pairs = observables.type_pairs(types)
+    assert len(pairs) == 6
+    _rdf_against_mdtraj_and_mdanalysis(pos, boxes, types, ref.with_suffix(".pdb"), observables.max_cutoff(boxes),
+                                       100, pairs)
 
 
 def test_equilateral_triangle_adf_peaks_at_60_degrees():

@@ -42,6 +42,32 @@ def test_resume_continues_exactly(cg, tmp_path):
     assert len(losses[1]) == 3 and np.allclose(losses[0], losses[1], rtol=1e-6)
 
 
+def test_parallel_members_equal_serial_ones_and_the_ensemble_mean_is_evaluated(cg, trained, tmp_path):
+    out, metas = trained
+    par = train(config.TrainConfig(dataset=cg, out=str(tmp_path / "par"), ensemble=2, workers=2, **FAST),
+                progress=False)
+    for a, b in zip(metas, par):
+        assert a["seed"] == b["seed"]
+        assert a["metrics"]["test"]["all"]["rmse"] == pytest.approx(b["metrics"]["test"]["all"]["rmse"], rel=1e-4)
+    ens = json.loads((out / "ensemble.json").read_text())
+    members = [load_model(out / f"member_{k}") for k in (0, 1)]
+    # The ensemble prediction is the mean force of the members: check it on one test frame by hand.
+    with H5MDTrajectory(cg) as t:
+        frame = metas[0]["split"]["test"][0]
+        pos = torch.tensor(t.positions(frame), dtype=torch.float32)
+        box = torch.tensor(t.boxes(frame), dtype=torch.float32)
+        ref = torch.tensor(t.forces(frame), dtype=torch.float32)
+        types = members[0].type_index([x.decode() for x in t.cgkd["bead_types"][:]])
+    mean = sum(m.energy_forces(types, pos.clone(), box)[2].detach() for m in members) / 2
+    from cgkd.train import CGDataset, evaluate
+
+    ds = CGDataset(cg)
+    got = evaluate(members, ds, types, np.array([frame]), 4)["all"]["rmse"]
+    assert got == pytest.approx(float(((mean - ref) ** 2).mean().sqrt()), rel=1e-5)
+    assert ens["average_member_rmse"] == pytest.approx(np.mean([m["rmse"] for m in ens["members"]]))
+    assert "ensemble_mean" in ens
+
+
 def test_bad_inputs(cg, trained, tmp_path):
     out, _ = trained
     with pytest.raises(CgkdError, match="output exists"):
