@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from . import __version__, config, systems
 from .errors import CgkdError
-from .fileio import atomic_path, check_writable
+from .fileio import atomic_path, check_writable, trim_csv
 from .h5md import H5MDTrajectory, H5MDWriter, create_series
 
 KB = 0.008314462618  # kJ/mol/K
@@ -160,13 +160,6 @@ class AARun:
             f.write(",".join(str(v) if isinstance(v, str) else f"{v:.6g}" for v in row) + "\n")
         return pe, vol
 
-    def _trim_log(self, last_step):
-        if not self.log.exists():
-            return
-        rows = self.log.read_text().splitlines()
-        keep = [r for r in rows[1:] if int(float(r.split(",")[1])) <= last_step]
-        self.log.write_text("\n".join([rows[0]] + keep) + "\n")
-
     def run(self, progress=True):
         cfg = self.cfg
         total = self.n_npt + self.n_frames * cfg.stride
@@ -188,7 +181,7 @@ class AARun:
                                 "run stopped: start the run again") from None
             writer.truncate(self.meta["frames"])
             writer.truncate_series(writer.cgkd["npt_volume"], self.meta["npt_samples"])
-            self._trim_log(self.meta["step"])
+            trim_csv(self.log, 1, self.meta["step"])
             sim = self._simulation(barostat=stage == "npt")
             try:
                 sim.context.loadCheckpoint(self.blob)

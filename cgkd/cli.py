@@ -134,9 +134,11 @@ def cmd_export(args):
 
 
 def cmd_simulate(args):
-    from .simulate import simulate
+    from .simulate import resume_config, simulate
 
     cfg = _config(config.SimConfig, args)
+    if cfg.resume:  # flags left out must not override the saved run's settings with defaults
+        cfg = resume_config(cfg.out, args.steps, args.threads)
     summary = simulate(cfg)
     for k, r in enumerate(summary["replicas"]):
         state = "stable" if r["stable"] else f"FAILED ({r['failed_check']}: {r['detail']}) at {r['time_to_failure_ps']:.1f} ps"

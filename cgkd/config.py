@@ -113,8 +113,8 @@ class SimConfig:
     floor_factor: float = 0.7         # clumping: a pair closer than this times its closest approach in the training data
     temperature_tolerance: float = 0.25  # relative deviation of the kinetic temperature that fails a run
     platform: Optional[str] = None    # CUDA when present, else CPU
-    precision: str = "single"         # single | double: the model's arithmetic and the GPU platforms' Precision
-    cuda_graphs: bool = False         # TorchForce useCUDAGraphs (CUDA platform)
+    precision: str = "single"         # single | mixed | double (GPU Precision; double: a float64 model too)
+    cuda_graphs: bool = False         # TorchForce useCUDAGraphs (CUDA platform; untested here: no GPU)
     neighbors: str = "cell"           # model's neighbour search: cell (cell lists, linear in beads) | brute (all pairs)
     threads: Optional[int] = None     # CPU platform and PyTorch threads
     resume: bool = False              # continue every replica from its checkpoint

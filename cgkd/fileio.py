@@ -61,3 +61,20 @@ def write_json(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def trim_csv(path, column, last):
+    """Keep the header and the rows of a CSV log whose integer `column` is <= last (used on resume); a row
+    cut short by a crash is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    rows = path.read_text().splitlines()
+    keep = []
+    for r in rows[1:]:
+        try:
+            if int(float(r.split(",")[column])) <= last:
+                keep.append(r)
+        except (ValueError, IndexError):
+            continue
+    path.write_text("\n".join(rows[:1] + keep) + "\n")

@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 from torchmdnet.models.utils import OptimizedDistance
 
 from .errors import CgkdError
+from .observables import in_box
 from .priors import RepulsivePrior
 
 ARCHITECTURES = ("tensornet", "et")
@@ -22,8 +23,9 @@ def max_neighbors(positions, boxes, cutoff, margin=1.2, extra=8):
     worst = 0
     for pos, box in zip(positions, boxes):
         edge = np.diag(box)
-        tree = cKDTree(np.mod(pos, edge), boxsize=edge)
-        counts = tree.query_ball_point(np.mod(pos, edge), cutoff, return_length=True) - 1
+        wrapped = in_box(pos, edge)
+        tree = cKDTree(wrapped, boxsize=edge)
+        counts = tree.query_ball_point(wrapped, cutoff, return_length=True) - 1
         worst = max(worst, int(counts.max()))
     return int(np.ceil(worst * margin)) + extra
 
@@ -173,7 +175,3 @@ def pair_onsets(type_names, r, rdfs):
         raise CgkdError(f"RDFs missing for some of the type pairs of {type_names}")
     return r0
 
-
-def build_prior(type_names, r, rdfs, epsilon=2.5):
-    """A RepulsivePrior with each wall at the onset of that type pair's RDF ({(A, B): g})."""
-    return RepulsivePrior(pair_onsets(type_names, r, rdfs), epsilon)

@@ -37,7 +37,7 @@ def _check_types(types, wanted, where):
         raise CgkdError(f"{where}: no beads of type {missing} (have {sorted(set(types))})")
 
 
-def _in_box(pos, edge):
+def in_box(pos, edge):
     """Wrap into [0, edge) exactly (np.mod can return edge itself for tiny negatives)."""
     p = np.mod(pos, edge)
     return np.where(p >= edge, p - edge, p)
@@ -76,7 +76,7 @@ def rdf(positions, boxes, types, r_max=None, n_bins=200, pairs=None, progress=Fa
             raise CgkdError(f"{where}: one bead of type {a}: no {a}-{a} pairs for an RDF")
     for f in tqdm(range(len(positions)), disable=not progress, desc="RDF", unit="frame"):
         edge = edges[f]
-        pos = _in_box(positions[f], edge)
+        pos = in_box(positions[f], edge)
         vol = np.prod(edge)
         i, j, _, r = _pairs(cKDTree(pos, boxsize=edge), pos, edge, r_max)
         ci, cj = code[i], code[j]
@@ -121,7 +121,7 @@ def _triplets(positions, boxes, types, center, neighbours, cutoffs, progress, wh
     is_c = types == center
     for f in tqdm(range(len(positions)), disable=not progress, desc=desc, unit="frame"):
         edge = edges[f]
-        pos = _in_box(positions[f], edge)
+        pos = in_box(positions[f], edge)
         i, j, d, r = _pairs(cKDTree(pos, boxsize=edge), pos, edge, r_cut)
         # Directed edges centre -> neighbour, in both directions of each pair.
         c = np.r_[i, j]

@@ -3,8 +3,8 @@
     ff = cgkd.openmm.CGForceField("teachers")          # a model folder, or an ensemble of member_* folders
     system = ff.createSystem(topology)                  # CG topology: one atom per bead, named by bead type
 
-The System has the bead masses, the model (ensemble mean) as a periodic openmmtorch.TorchForce, and the
-priors as native OpenMM forces: the repulsive walls as a CustomNonbondedForce (between molecules), bonds
+The System has the bead masses, the model (ensemble mean) as a periodic openmmtorch.TorchForce, a
+CMMotionRemover, and the priors as native OpenMM forces: the repulsive walls as a CustomNonbondedForce (between molecules), bonds
 and angles of multi-bead molecules as HarmonicBondForce / HarmonicAngleForce.
 """
 import json
@@ -68,6 +68,8 @@ class CGForceField:
         system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
         if neighbors not in ("cell", "brute"):
             raise CgkdError(f"neighbors must be cell or brute, got {neighbors!r}")
+        if neighbors == "cell" and np.abs(box - np.diag(np.diag(box))).max() > 1e-9:
+            raise CgkdError("TorchMD-Net's cell lists need an orthorhombic box; use neighbors='brute'")
         models = [m.for_topology(names, molecules).use_neighbor_strategy(neighbors, box) for m in self.models]
         types = models[0].type_index(names)
         module = ExportedPotential(models, types, include_prior=False)
@@ -86,6 +88,7 @@ class CGForceField:
         if bonded is not None:
             for f in bonded.to_openmm():
                 system.addForce(f)
+        system.addForce(openmm.CMMotionRemover())  # as openmm.app.ForceField does: no drift of the whole box
         return system
 
 

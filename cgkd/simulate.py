@@ -4,9 +4,13 @@ priors, Langevin (NVT) or velocity Verlet (NVE) dynamics, H5MD output, checkpoin
 Each replica writes <out>/replica_<k>/traj.h5 (wrapped and unwrapped positions, box, energies), log.csv and
 traj.h5.chk; <out>/summary.json gathers them. At every report the monitor checks that energies and
 positions are finite, that no bead pair of types (A, B) is closer than `floor_factor` times the closest
-approach of that pair in the model's training data (the RDF onset: "clumping"), that no bead has more
-neighbours than the model's budget, and that the kinetic temperature is near the target. A failed check
-stops the replica cleanly: the last good frames and checkpoint stay, the summary records when and why.
+approach of that pair in the model's training data (the RDF onset: "clumping"), that the neighbour pairs
+within the model's cutoff fit its pair budget (TorchMD-Net would drop pairs otherwise), and, under the
+Langevin thermostat, that the kinetic temperature is near the target. A failed check stops the replica
+cleanly: the last good frames and checkpoint stay, the summary records when and why.
+
+`--resume` continues every replica with the run's saved settings (<out>/config.yaml); only the number of
+steps and the thread count may change.
 """
 import json
 import math
@@ -23,7 +27,8 @@ from tqdm import tqdm
 from . import __version__, config, systems
 from .aa import read_checkpoint, write_checkpoint
 from .errors import CgkdError
-from .fileio import check_writable, write_json
+from .fileio import check_writable, trim_csv, write_json
+from .observables import in_box
 from .h5md import H5MDTrajectory, H5MDWriter
 
 KB = 0.008314462618  # kJ/mol/K
@@ -70,12 +75,13 @@ def new_box(topology, positions, units, density, masses, floors, seed):
     top = app.Topology()
     chain = top.addChain()
     placed, placed_types, out = np.zeros((0, 3)), [], []
-    type_names = sorted(floors["types"])
+    type_names = list(floors["types"])
     floor = np.asarray(floors["r0"])
     for name in order:
         names, geom = templates[name]
         for attempt in range(10000):
             q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+            q[:, 0] *= np.sign(np.linalg.det(q))  # a rotation, not a reflection
             xyz = np.mod(geom @ q.T + rng.uniform(0, edge, 3), edge)
             if not len(placed):
                 break
@@ -98,14 +104,17 @@ def new_box(topology, positions, units, density, masses, floors, seed):
 
 
 class Monitor:
-    """Stability checks on one state; returns (check name, detail) for the first that fails, else None."""
+    """Stability checks on one state; returns (check name, detail) for the first that fails, else None.
+
+    temperature None skips the kinetic-temperature check (NVE runs have no target)."""
 
     def __init__(self, names, type_names, onsets, floor_factor, max_neighbors, cutoff, temperature, ndof,
                  tolerance):
         self.types = np.array([type_names.index(n) for n in names])
         self.type_names = type_names
         self.floor = floor_factor * np.asarray(onsets)
-        self.max_neighbors, self.cutoff = max_neighbors, cutoff
+        # TorchMD-Net's budget: max_num_neighbors x N directed pairs, self-loops included.
+        self.max_pairs, self.cutoff = max_neighbors * len(names), cutoff
         self.T, self.ndof = temperature, ndof
         # Relative kinetic-temperature bound: the given tolerance, or 6 standard deviations of the
         # instantaneous temperature of ndof degrees of freedom, whichever is wider.
@@ -116,7 +125,7 @@ class Monitor:
         if not (np.isfinite(pe) and np.isfinite(ke) and np.isfinite(pos).all()):
             return "non-finite", f"energy {pe} kJ/mol, kinetic {ke} kJ/mol or positions not finite"
         edge = np.diag(box)
-        wrapped = np.mod(pos, edge)
+        wrapped = in_box(pos, edge)
         tree = cKDTree(wrapped, boxsize=edge)
         pairs = tree.query_pairs(self.floor.max(), output_type="ndarray")
         self.closest = float("inf")
@@ -131,47 +140,58 @@ class Monitor:
                 a, b = self.type_names[self.types[i]], self.type_names[self.types[j]]
                 return "clumping", (f"beads {i} ({a}) and {j} ({b}) at {r[k]:.3f} nm, below the {a}-{b} floor "
                                     f"{self.floor[self.types[i], self.types[j]]:.3f} nm")
-        need = int(tree.query_ball_point(wrapped, self.cutoff, return_length=True).max()) - 1
-        if need > self.max_neighbors:
-            return "neighbours", f"a bead has {need} neighbours within {self.cutoff} nm (model budget " \
-                                 f"{self.max_neighbors}): the model would drop pairs"
-        T = 2.0 * ke / (self.ndof * KB)
-        if abs(T / self.T - 1.0) > self.tolerance:
-            return "temperature", f"kinetic temperature {T:.1f} K, target {self.T} K (tolerance " \
-                                  f"{100 * self.tolerance:.0f} %)"
+        need = int(tree.count_neighbors(tree, self.cutoff))  # ordered pairs, i == j included
+        if need > self.max_pairs:
+            return "neighbours", (f"{need} directed neighbour pairs within {self.cutoff} nm exceed the model's "
+                                  f"budget of {self.max_pairs}: TorchMD-Net would drop pairs")
+        if self.T is not None:
+            T = 2.0 * ke / (self.ndof * KB)
+            if abs(T / self.T - 1.0) > self.tolerance:
+                return "temperature", (f"kinetic temperature {T:.1f} K, target {self.T} K (tolerance "
+                                       f"{100 * self.tolerance:.0f} %)")
         return None
 
 
 class Replica:
-    """One CG run of a SimConfig in folder `out`; `run()` executes or resumes it."""
+    """One CG run of a SimConfig in folder `out` with a prepared System; `run()` executes or resumes it."""
 
-    def __init__(self, cfg, ff, topology, positions, out, seed, temperature):
-        self.cfg, self.ff, self.topology = cfg, ff, topology
+    def __init__(self, cfg, ff, system, topology, positions, out, seed, temperature):
+        self.cfg, self.system, self.topology = cfg, system, topology
         self.out = Path(out)
         self.traj, self.chk, self.log = self.out / "traj.h5", self.out / "traj.h5.chk", self.out / "log.csv"
         self.positions, self.seed, self.T = positions, seed, temperature
         self.names = [a.name for a in topology.atoms()]
-        self.system = ff.createSystem(topology, cuda_graphs=cfg.cuda_graphs, precision=cfg.precision,
-                                      neighbors=cfg.neighbors)
         self.masses = np.array([ff.masses[n] for n in self.names])
-        self.ndof = 3 * len(self.names) - 3
-        if ff.onsets is None:
-            raise CgkdError(f"{cfg.model}: the model's metadata has no pair_onsets_nm (closest approaches in its "
-                            "training data), which the stability monitor needs")
+        self.ndof = 3 * len(self.names) - 3  # the System removes centre-of-mass motion
         self.monitor = Monitor(self.names, ff.bead_types, ff.onsets, cfg.floor_factor, ff.max_num_neighbors,
-                               ff.cutoff, temperature, self.ndof, cfg.temperature_tolerance)
+                               ff.cutoff, temperature if cfg.integrator == "langevin" else None, self.ndof,
+                               cfg.temperature_tolerance)
         self.platform = systems.default_platform(cfg.platform)
         self.steps_per_ps = 1000.0 / cfg.dt_fs
+        self.resume_from = None
+
+    def check_resumable(self):
+        """Before any replica runs: the checkpoint and trajectory exist, match and load on this platform."""
+        if not self.chk.is_file() or not self.traj.is_file():
+            raise CgkdError(f"{self.out}: nothing to resume (needs traj.h5 and traj.h5.chk)")
+        meta, blob = read_checkpoint(self.chk)
+        if meta["platform"] != self.platform.getName():
+            raise CgkdError(f"{self.chk}: written on the {meta['platform']} platform; resume it there")
+        try:
+            with H5MDTrajectory(self.traj) as t:
+                if len(t) < meta["frames"]:
+                    raise CgkdError(f"{self.traj}: {len(t)} frames, fewer than the checkpoint's {meta['frames']}")
+        except CgkdError as e:
+            raise CgkdError(f"cannot resume: {e}") from None
+        self.resume_from = (meta, blob)
 
     def _simulation(self):
         dt = self.cfg.dt_fs * u.femtosecond
         if self.cfg.integrator == "verlet":
             integ = openmm.VerletIntegrator(dt)
-        elif self.cfg.integrator == "langevin":
+        else:
             integ = openmm.LangevinMiddleIntegrator(self.T * u.kelvin, self.cfg.friction / u.picosecond, dt)
             integ.setRandomNumberSeed(self.seed)
-        else:
-            raise CgkdError(f"integrator must be langevin or verlet, got {self.cfg.integrator!r}")
         props = systems.platform_properties(self.platform, self.cfg.threads)
         if self.platform.getName() in ("CUDA", "OpenCL"):
             props = {**props, "Precision": self.cfg.precision}
@@ -201,28 +221,22 @@ class Replica:
                 "cgkd_version": __version__, "platform": self.platform.getName()}
         write_checkpoint(self.chk, meta, sim.context.createCheckpoint())
 
-    def _trim_log(self, last_step):
-        rows = self.log.read_text().splitlines() if self.log.exists() else [",".join(LOG_COLUMNS)]
-        keep = [r for r in rows[1:] if int(float(r.split(",")[0])) <= last_step]
-        self.log.write_text("\n".join([rows[0]] + keep) + "\n")
-
     def run(self, progress=True):
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         sim = self._simulation()
-        if cfg.resume and not self.chk.exists() and self.traj.exists():
-            raise CgkdError(f"{self.traj}: no checkpoint {self.chk.name} beside it to resume from")
-        if cfg.resume and self.chk.exists():
-            meta, blob = read_checkpoint(self.chk)
-            if meta["platform"] != self.platform.getName():
-                raise CgkdError(f"{self.chk}: written on the {meta['platform']} platform; resume it there")
-            writer = H5MDWriter(self.traj)
-            writer.truncate(meta["frames"])
-            self._trim_log(meta["step"])
+        if self.resume_from is not None:
+            meta, blob = self.resume_from
             try:
                 sim.context.loadCheckpoint(blob)
             except Exception as e:  # OpenMM raises its own exception type for foreign checkpoints
                 raise CgkdError(f"{self.chk}: cannot load the checkpoint ({e})") from None
+            try:
+                writer = H5MDWriter(self.traj)
+            except OSError as e:
+                raise CgkdError(f"{self.traj}: cannot open the trajectory to resume ({e})") from None
+            writer.truncate(meta["frames"])
+            trim_csv(self.log, 0, meta["step"])
         else:
             writer = self._create_file()
             self.log.write_text(",".join(LOG_COLUMNS) + "\n")
@@ -236,14 +250,19 @@ class Replica:
         bar = tqdm(total=cfg.steps, initial=s0, unit="step", disable=not progress, desc=f"cgkd simulate {self.out.name}")
         try:
             while sim.context.getStepCount() < cfg.steps:
-                n = min(cfg.report, cfg.steps - sim.context.getStepCount())
+                step = sim.context.getStepCount()
+                n = min(cfg.report - step % cfg.report, cfg.steps - step)  # frames stay on the report grid
                 try:
                     sim.step(n)
                     state = sim.context.getState(getPositions=True, getEnergy=True)
-                except openmm.OpenMMException as e:
-                    failure = ("non-finite", f"OpenMM stopped: {e}")
+                except openmm.OpenMMException as e:  # NaN coordinates, the model's own assertions, ...
+                    failure = ("openmm-error", f"OpenMM stopped: {e}")
                     break
                 bar.update(n)
+                step = sim.context.getStepCount()
+                if step % cfg.report:  # the run ends between two reports: checkpoint only
+                    self._checkpoint(sim, writer)
+                    break
                 pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
                 box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
                 pe = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
@@ -251,7 +270,7 @@ class Replica:
                 failure = self.monitor(pos, box, pe, ke)
                 if failure:
                     break
-                step, t = sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond)
+                t = state.getTime().value_in_unit(u.picosecond)
                 elapsed = time.perf_counter() - t0
                 speed = (step - s0) * cfg.dt_fs * 1e-6 / (elapsed / 86400)
                 T = 2.0 * ke / (self.ndof * KB)
@@ -271,7 +290,7 @@ class Replica:
         elapsed = time.perf_counter() - t0
         step = sim.context.getStepCount()
         summary = {"out": str(self.traj), "seed": self.seed, "stable": failure is None, "frames": frames,
-                   "steps": int(step), "time_ps": step / self.steps_per_ps,
+                   "steps": int(step), "time_ps": step / self.steps_per_ps, "ndof": self.ndof,
                    "ns_per_day": (step - s0) * cfg.dt_fs * 1e-6 / (elapsed / 86400) if elapsed > 0 else None,
                    "steps_per_s": (step - s0) / elapsed if elapsed > 0 else None}
         if failure:
@@ -289,13 +308,16 @@ def starting_structure(cfg, ff):
         raise CgkdError("cgkd simulate: --start (a CG dataset or trajectory with /cgkd/bead_types) is required")
     with H5MDTrajectory(cfg.start) as t:
         n = len(t)
-        T = float(t.cgkd.attrs["temperature_K"]) if "temperature_K" in t.cgkd.attrs else None
     frame = cfg.frame if cfg.frame >= 0 else n + cfg.frame
     if not 0 <= frame < n:
         raise CgkdError(f"{cfg.start}: frame {cfg.frame} out of range ({n} frames)")
     top, pos = topology_from_dataset(cfg.start, frame)
-    if cfg.units:
-        box = np.array(top.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+    with H5MDTrajectory(cfg.start) as t:
+        T = float(t.cgkd.attrs["temperature_K"]) if "temperature_K" in t.cgkd.attrs else None
+    box = np.array(top.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+    if np.abs(box - np.diag(np.diag(box))).max() > 1e-9:
+        raise CgkdError(f"{cfg.start}: triclinic box; cgkd simulate supports orthorhombic boxes")
+    if cfg.units is not None:
         mass = sum(ff.masses[a.name] for a in top.atoms())
         density = cfg.density or mass / 6.02214076e23 / (np.linalg.det(box) * 1e-21)
         top, pos = new_box(top, pos, cfg.units, density, ff.masses,
@@ -305,28 +327,60 @@ def starting_structure(cfg, ff):
     return top, pos, cfg.temperature or T or ff.metadata.get("temperature_K")
 
 
+def _check(cfg):
+    for key in ("steps", "report", "replicas", "checkpoint_every", "replicate"):
+        if getattr(cfg, key) < 1:
+            raise CgkdError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("dt_fs", "floor_factor", "friction", "temperature_tolerance", "units", "density", "temperature"):
+        value = getattr(cfg, key)
+        if value is not None and value <= 0:
+            raise CgkdError(f"--{key.replace('_', '-')} must be positive, got {value}")
+    for key, allowed in (("integrator", ("langevin", "verlet")), ("precision", ("single", "mixed", "double")),
+                         ("neighbors", ("cell", "brute"))):
+        if getattr(cfg, key) not in allowed:
+            raise CgkdError(f"--{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+    if cfg.model is None:
+        raise CgkdError("cgkd simulate: --model (a model or ensemble folder from `cgkd train`) is required")
+
+
+def resume_config(out, steps=None, threads=None):
+    """The saved settings of the run in `out`: they define a resumed run; only its length (steps) and the
+    thread count may change."""
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        raise CgkdError(f"{saved}: no saved run settings to resume from")
+    return config.load(config.SimConfig, saved, steps=steps, threads=threads, resume=True)
+
+
 def simulate(cfg, progress=True):
     """Run cfg.replicas independent replicas; returns the summary (also written to <out>/summary.json)."""
     from .openmm import CGForceField
 
-    if cfg.model is None:
-        raise CgkdError("cgkd simulate: --model (a model or ensemble folder from `cgkd train`) is required")
     out = Path(cfg.out)
-    if cfg.steps < 1 or cfg.report < 1 or cfg.replicas < 1 or cfg.checkpoint_every < 1:
-        raise CgkdError("steps, report, replicas and checkpoint_every must be >= 1")
+    if cfg.resume:
+        cfg = resume_config(out, cfg.steps, cfg.threads)
+    _check(cfg)
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)  # the model's arithmetic runs in PyTorch's own threads
     ff = CGForceField(cfg.model)
+    if ff.onsets is None:
+        raise CgkdError(f"{cfg.model}: the model's metadata has no pair_onsets_nm (closest approaches in its "
+                        "training data), which the stability monitor needs")
     top, pos, T = starting_structure(cfg, ff)
     if T is None:
         raise CgkdError("cgkd simulate: no temperature in the start dataset or the model; pass --temperature")
-    runs = [Replica(cfg, ff, top, pos, out / f"replica_{k}", cfg.seed + k, T) for k in range(cfg.replicas)]
-    if not cfg.resume:  # checked after the set-up, so bad input leaves nothing behind
+    system = ff.createSystem(top, cuda_graphs=cfg.cuda_graphs, precision=cfg.precision, neighbors=cfg.neighbors)
+    runs = [Replica(cfg, ff, system, top, pos, out / f"replica_{k}", cfg.seed + k, T) for k in range(cfg.replicas)]
+    if cfg.resume:
+        for r in runs:
+            r.check_resumable()
+    else:  # checked after the set-up, so bad input leaves nothing behind
         check_writable(out / "summary.json", cfg.overwrite)
         for r in runs:
             check_writable(r.traj, cfg.overwrite)
+        (out / "config.yaml").write_text(config.to_yaml(cfg))
     results = [r.run(progress) for r in runs]
     summary = {"model": str(cfg.model), "start": str(cfg.start), "beads": top.getNumAtoms(),
                "temperature_K": T, "timestep_fs": cfg.dt_fs, "integrator": cfg.integrator,

@@ -286,7 +286,7 @@ def train(cfg, progress=True):
     summary = {"members": [m["metrics"]["test"]["all"] for m in metas], "seeds": [m["seed"] for m in metas]}
     if len(metas) > 1:
         ds = CGDataset(cfg.dataset, cfg.max_frames)
-        models = load_ensemble(out)[1]
+        models = [load_model(out / f"member_{k}") for k in range(cfg.ensemble)]
         test = np.arange(*metas[0]["split"]["test"])
         summary["ensemble_mean"] = evaluate(models, ds, models[0].type_index(ds.type_names), test, cfg.batch_size)
         summary["average_member_rmse"] = float(np.mean([m["rmse"] for m in summary["members"]]))

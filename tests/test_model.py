@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cgkd import CgkdError, observables
-from cgkd.model import CGPotential, build_prior, max_neighbors
+from cgkd.model import CGPotential, max_neighbors, pair_onsets
 from cgkd.priors import RepulsivePrior, rdf_onset
 
 
@@ -76,7 +76,7 @@ def test_prior_walls_sit_at_rdf_onsets():
     pos = rng.uniform(0, 3.0, size=(5, 300, 3))
     types = np.array(["A"] * 150 + ["B"] * 150)
     r, g, _ = observables.rdf(pos, np.broadcast_to(np.eye(3) * 3.0, (5, 3, 3)), types, n_bins=150)
-    prior = build_prior(["A", "B"], r, g)
+    prior = RepulsivePrior(pair_onsets(["A", "B"], r, g))
     assert prior.r0[0, 1] == pytest.approx(rdf_onset(r, g[("A", "B")]))
     assert prior.r0[0, 1] < 0.1  # an ideal gas has pairs almost down to zero
 

@@ -42,7 +42,8 @@ def test_run_writes_wrapped_and_unwrapped_positions_and_resumes_exactly(cg, trai
     log = (tmp_path / "full" / "replica_0" / "log.csv").read_text().splitlines()
     assert log[0].startswith("step,time_ps,potential_kJ_mol") and len(log) == 11
 
-    _sim(model, cg, tmp_path / "part", steps=100)
+    # Stop between two reports (110 steps), then resume to 200: the same frames as the uninterrupted run.
+    _sim(model, cg, tmp_path / "part", steps=110)
     _sim(model, cg, tmp_path / "part", steps=200, resume=True)
     with H5MDTrajectory(tmp_path / "part" / "replica_0" / "traj.h5") as t:
         assert len(t) == 10
@@ -64,16 +65,21 @@ def test_monitor_checks_on_synthetic_states():
     check, detail = mon(close, box, 1.0, ke)
     assert check == "clumping" and "A-B floor 0.320 nm" in detail
     assert mon(pos, box, 1.0, 1.5 * ke)[0] == "temperature"
+    assert mon(pos - 1e-17, box, 1.0, ke) is None  # tiny negative coordinates wrap into the box
+    crowded = Monitor(names, ["A", "B"], [[0.3, 0.4], [0.4, 0.5]], 0.8, max_neighbors=1, cutoff=2.0,
+                      temperature=None, ndof=3000, tolerance=0.2)
+    assert crowded(pos, box, 1.0, 10 * ke)[0] == "neighbours"  # 3 + 2 x 3 directed pairs > 1 x 3; no T check
 
 
 def _perturbed(model_dir, out, scale):
-    """A copy of a trained ensemble member with every weight multiplied by `scale` (and jittered)."""
+    """A copy of a trained ensemble member whose energy head's output weights are jittered and scaled by
+    `scale` (the layers before it are normalised, so this is what makes the forces large)."""
     member = out / "member_0"
     member.mkdir(parents=True)
     state = load_checkpoint(model_dir / "member_0" / "model.pt")
+    w = state["model"]["head.2.weight"]
     g = torch.Generator().manual_seed(0)
-    state["model"] = {k: (v * scale + torch.randn(v.shape, generator=g) * scale if v.is_floating_point() and
-                          k.endswith("weight") else v) for k, v in state["model"].items()}
+    state["model"]["head.2.weight"] = (w + torch.randn(w.shape, generator=g) * w.abs().mean()) * scale
     save_checkpoint(member / "model.pt", state)
     shutil.copy(model_dir / "member_0" / "metadata.json", member / "metadata.json")
     return out
@@ -81,11 +87,11 @@ def _perturbed(model_dir, out, scale):
 
 def test_monitor_stops_unstable_models_and_keeps_good_output(cg, trained, tmp_path):
     model, _ = trained
-    bad = _perturbed(model, tmp_path / "bad", 30.0)
+    bad = _perturbed(model, tmp_path / "bad", 1000.0)
     s = _sim(bad, cg, tmp_path / "run", steps=2000, replicas=2, checkpoint_every=1)
     assert s["fraction_stable"] == 0.0
     for r in s["replicas"]:
-        assert not r["stable"] and r["failed_check"] in ("non-finite", "clumping", "temperature", "neighbours")
+        assert not r["stable"] and r["failed_check"] in ("non-finite", "openmm-error", "clumping", "temperature")
         assert r["time_to_failure_ps"] < 8.0 and r["steps"] < 2000
         with H5MDTrajectory(r["out"]) as t:  # the frames before the failure, all finite
             assert len(t) == r["frames"] and np.isfinite(t.positions()).all()
@@ -129,11 +135,24 @@ def test_new_box_and_replicated_box(cg, trained, tmp_path):
         types = [x.decode() for x in t.cgkd["bead_types"][:]]
         box = t.boxes(0)
         masses = t.masses()
+        first = t.positions(0)
     assert types.count("CHO") == 12 and types.count("CL") == 12 and types.count("EGL") == 24
     density = masses.sum() / 6.02214076e23 / (np.linalg.det(box) * 1e-21)
     assert density == pytest.approx(1.0, rel=1e-6)
+    meta = json.loads((model / "member_0" / "metadata.json").read_text())
+    onsets, names = np.array(meta["pair_onsets_nm"]), meta["bead_types"]
+    ti = np.array([names.index(x) for x in types])
+    d = first[:, None] - first[None]
+    d -= np.round(d / np.diag(box)) * np.diag(box)
+    r = np.linalg.norm(d, axis=-1) + np.eye(len(types)) * 10
+    # After minimisation and 40 steps no pair is far inside its closest approach in the data.
+    assert (r / onsets[ti[:, None], ti[None]]).min() > 0.7
     s = _sim(model, cg, tmp_path / "rep", steps=20, replicate=2)
     assert s["beads"] == 8 * 40
+    with H5MDTrajectory(cg) as t:
+        edge = np.diag(t.boxes(len(t) - 1))
+    with H5MDTrajectory(s["replicas"][0]["out"]) as t:
+        np.testing.assert_allclose(np.diag(t.boxes(0)), 2 * edge, rtol=1e-6)
 
 
 def test_bad_inputs_fail_before_any_step(cg, trained, tmp_path):
@@ -155,4 +174,12 @@ def test_bad_inputs_fail_before_any_step(cg, trained, tmp_path):
         w.particles["box/edges/value"][...] *= 0.5
     with pytest.raises(CgkdError, match="shorter than twice the model's reach"):
         _sim(model, small, tmp_path / "c", steps=20)
-    assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
+    with pytest.raises(CgkdError, match="no saved run settings"):
+        _sim(model, cg, tmp_path / "e", steps=20, resume=True)
+    _sim(model, cg, tmp_path / "d", steps=20)
+    (tmp_path / "d" / "replica_0" / "traj.h5.chk").unlink()
+    with pytest.raises(CgkdError, match="nothing to resume"):
+        _sim(model, cg, tmp_path / "d", steps=40, resume=True)
+    with pytest.raises(CgkdError, match="--dt-fs must be positive"):
+        _sim(model, cg, tmp_path / "f", steps=20, dt_fs=0.0)
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c", "e", "f"))
