@@ -174,4 +174,3 @@ def pair_onsets(type_names, r, rdfs):
     if (r0 == 0).any():
         raise CgkdError(f"RDFs missing for some of the type pairs of {type_names}")
     return r0
-

@@ -4,8 +4,8 @@
     system = ff.createSystem(topology)                  # CG topology: one atom per bead, named by bead type
 
 The System has the bead masses, the model (ensemble mean) as a periodic openmmtorch.TorchForce, a
-CMMotionRemover, and the priors as native OpenMM forces: the repulsive walls as a CustomNonbondedForce (between molecules), bonds
-and angles of multi-bead molecules as HarmonicBondForce / HarmonicAngleForce.
+CMMotionRemover, and the priors as native OpenMM forces: the repulsive walls as a CustomNonbondedForce
+(between molecules), bonds and angles of multi-bead molecules as HarmonicBondForce / HarmonicAngleForce.
 """
 import json
 

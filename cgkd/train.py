@@ -20,8 +20,7 @@ from .errors import CgkdError
 from .fileio import atomic_path, file_hash, write_json
 from .h5md import H5MDTrajectory
 from .model import CGPotential, max_neighbors, pair_onsets
-from .priors import RepulsivePrior
-from .priors import fit_bonded
+from .priors import RepulsivePrior, fit_bonded
 
 KB = 0.008314462618  # kJ/mol/K
 METRIC_COLUMNS = ["epoch", "train_loss", "val_force_rmse", "val_force_mae", "lr", "seconds"]
@@ -137,10 +136,11 @@ def build_model(cfg, ds, split):
     bonded = fit_bonded(ds.positions[lo:hi], ds.boxes[lo:hi], ds.type_names, ds.residues,
                         KB * temperature if temperature else None, where=str(ds.path))
     budget = max_neighbors(ds.positions, ds.boxes, max(cfg.cutoff, prior.cutoff if prior is not None else 0.0))
-    return onsets, CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
-                       arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
-                       molecules=ds.residues if bonded is not None else None,
-                       bead_types=ds.type_names if bonded is not None else None)
+    model = CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
+                        arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
+                        molecules=ds.residues if bonded is not None else None,
+                        bead_types=ds.type_names if bonded is not None else None)
+    return onsets, model
 
 
 def save_checkpoint(path, state):
