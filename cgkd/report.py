@@ -51,6 +51,8 @@ class Traj:
         if len(self.positions) < 2:
             raise CgkdError(f"{self.path}: needs at least 2 frames")
         self.dt = float(times[1] - times[0])
+        if np.abs(np.diff(times) - self.dt).max() > 1e-6 * max(abs(self.dt), 1.0):
+            raise CgkdError(f"{self.path}: frames are not evenly spaced in time (MSD needs a fixed interval)")
 
     def unwrap(self):
         return self.unwrapped if self.unwrapped is not None else obs.unwrap_in_time(self.positions, self.boxes)
