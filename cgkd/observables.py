@@ -37,6 +37,10 @@ def _check_types(types, wanted, where):
         raise CgkdError(f"{where}: no beads of type {missing} (have {sorted(set(types))})")
 
 
+DENSE_PAIRS = 200_000   # up to this many bead pairs, RDFs use all pairs vectorised over frames
+DENSE_CHUNK = 4_000_000  # pair distances per block of frames (bounded memory)
+
+
 def in_box(pos, edge):
     """Wrap into [0, edge) exactly (np.mod can return edge itself for tiny negatives)."""
     p = np.mod(pos, edge)
@@ -74,21 +78,38 @@ def rdf(positions, boxes, types, r_max=None, n_bins=200, pairs=None, progress=Fa
     for (a, b) in pairs:
         if a == b and count[a] < 2:
             raise CgkdError(f"{where}: one bead of type {a}: no {a}-{a} pairs for an RDF")
-    for f in tqdm(range(len(positions)), disable=not progress, desc="RDF", unit="frame"):
-        edge = edges[f]
-        pos = in_box(positions[f], edge)
-        vol = np.prod(edge)
-        i, j, _, r = _pairs(cKDTree(pos, boxsize=edge), pos, edge, r_max)
-        ci, cj = code[i], code[j]
-        lo, hi = np.minimum(ci, cj), np.maximum(ci, cj)
-        for a, b in pairs:
-            ia, ib = names.index(a), names.index(b)
-            sel = (lo == min(ia, ib)) & (hi == max(ia, ib))
-            h = np.histogram(r[sel], bins=bins)[0]
-            n_pairs = count[a] * (count[a] - 1) / 2 if a == b else count[a] * count[b]
-            g[(a, b)] += h / (n_pairs / vol * shell)
+    nt, n_beads = len(names), len(types)
+    # Histogram of every type pair in one bincount: key = (lower type * nt + upper type) * n_bins + bin,
+    # each pair weighted by its frame's volume (the per-frame ideal-gas normalisation).
+    hist = np.zeros(nt * nt * n_bins)
+    iu, ju = np.triu_indices(n_beads, 1)
+    pair_key = (np.minimum(code[iu], code[ju]) * nt + np.maximum(code[iu], code[ju])) * n_bins
+    dense = len(iu) <= DENSE_PAIRS  # all pairs, vectorised over frames; else a periodic k-d tree per frame
+    step = max(1, DENSE_CHUNK // len(iu)) if dense else 1
+    for s in tqdm(range(0, len(positions), step), disable=not progress, desc="RDF", unit="block"):
+        edge = edges[s:s + step]
+        vol = np.prod(edge, axis=1)
+        if dense:
+            pos = np.asarray(positions[s:s + step], dtype=np.float64)
+            d = pos[:, ju] - pos[:, iu]
+            d -= edge[:, None, :] * np.round(d / edge[:, None, :])
+            r = np.sqrt(np.einsum("fpk,fpk->fp", d, d))
+            key, w = np.broadcast_to(pair_key, r.shape), np.broadcast_to(vol[:, None], r.shape)
+        else:
+            pos = in_box(positions[s], edge[0])
+            i, j, _, r = _pairs(cKDTree(pos, boxsize=edge[0]), pos, edge[0], r_max)
+            key = (np.minimum(code[i], code[j]) * nt + np.maximum(code[i], code[j])) * n_bins
+            w = np.full(len(r), vol[0])
+        b = (r * (n_bins / r_max)).astype(np.int64)
+        inside = b < n_bins
+        hist += np.bincount((key + b)[inside], weights=w[inside], minlength=len(hist))
         for t in names:
-            rho[t] += count[t] / vol
+            rho[t] += count[t] * np.sum(1.0 / vol)
+    hist = hist.reshape(nt, nt, n_bins)
+    for a, b_ in pairs:
+        ia, ib = sorted((names.index(a), names.index(b_)))
+        n_pairs = count[a] * (count[a] - 1) / 2 if a == b_ else count[a] * count[b_]
+        g[(a, b_)] = hist[ia, ib] / (n_pairs * shell)
     n = len(positions)
     r = 0.5 * (bins[1:] + bins[:-1])
     g = {p: v / n for p, v in g.items()}
