@@ -6,6 +6,7 @@ frame by frame, so memory stays bounded whatever the trajectory length.
 """
 import itertools
 
+import numba
 import numpy as np
 from scipy.spatial import cKDTree
 from tqdm import tqdm
@@ -37,8 +38,31 @@ def _check_types(types, wanted, where):
         raise CgkdError(f"{where}: no beads of type {missing} (have {sorted(set(types))})")
 
 
-DENSE_PAIRS = 200_000   # up to this many bead pairs, RDFs use all pairs vectorised over frames
-DENSE_CHUNK = 4_000_000  # pair distances per block of frames (bounded memory)
+DENSE_PAIRS = 2_000_000  # up to this many bead pairs per frame, RDFs loop over all pairs in compiled code
+
+
+@numba.njit(cache=True)
+def _all_pairs_hist(pos, edges, vol, code, nt, n_bins, r_max, hist):
+    """Add every bead pair's minimum-image distance to hist[(lower type * nt + upper type) * n_bins + bin],
+    weighted by its frame's volume (orthorhombic boxes)."""
+    scale = n_bins / r_max
+    n = pos.shape[1]
+    for f in range(pos.shape[0]):
+        ex, ey, ez = edges[f, 0], edges[f, 1], edges[f, 2]
+        ix, iy, iz = 1.0 / ex, 1.0 / ey, 1.0 / ez
+        for i in range(n):
+            for j in range(i + 1, n):
+                dx = pos[f, j, 0] - pos[f, i, 0]
+                dy = pos[f, j, 1] - pos[f, i, 1]
+                dz = pos[f, j, 2] - pos[f, i, 2]
+                dx -= ex * np.rint(dx * ix)
+                dy -= ey * np.rint(dy * iy)
+                dz -= ez * np.rint(dz * iz)
+                b = int(np.sqrt(dx * dx + dy * dy + dz * dz) * scale)
+                if b < n_bins:
+                    a, c = code[i], code[j]
+                    lo, hi = (a, c) if a < c else (c, a)
+                    hist[(lo * nt + hi) * n_bins + b] += vol[f]
 
 
 def in_box(pos, edge):
@@ -82,27 +106,21 @@ def rdf(positions, boxes, types, r_max=None, n_bins=200, pairs=None, progress=Fa
     # Histogram of every type pair in one bincount: key = (lower type * nt + upper type) * n_bins + bin,
     # each pair weighted by its frame's volume (the per-frame ideal-gas normalisation).
     hist = np.zeros(nt * nt * n_bins)
-    iu, ju = np.triu_indices(n_beads, 1)
-    pair_key = (np.minimum(code[iu], code[ju]) * nt + np.maximum(code[iu], code[ju])) * n_bins
-    dense = len(iu) <= DENSE_PAIRS  # all pairs, vectorised over frames; else a periodic k-d tree per frame
-    step = max(1, DENSE_CHUNK // len(iu)) if dense else 1
+    dense = n_beads * (n_beads - 1) // 2 <= DENSE_PAIRS  # all pairs, compiled; else a periodic k-d tree
+    step = 256 if dense else 1
     for s in tqdm(range(0, len(positions), step), disable=not progress, desc="RDF", unit="block"):
         edge = edges[s:s + step]
         vol = np.prod(edge, axis=1)
         if dense:
-            pos = np.asarray(positions[s:s + step], dtype=np.float64)
-            d = pos[:, ju] - pos[:, iu]
-            d -= edge[:, None, :] * np.round(d / edge[:, None, :])
-            r = np.sqrt(np.einsum("fpk,fpk->fp", d, d))
-            key, w = np.broadcast_to(pair_key, r.shape), np.broadcast_to(vol[:, None], r.shape)
+            _all_pairs_hist(np.asarray(positions[s:s + step], dtype=np.float64), edge, vol, code, nt, n_bins,
+                            r_max, hist)
         else:
             pos = in_box(positions[s], edge[0])
             i, j, _, r = _pairs(cKDTree(pos, boxsize=edge[0]), pos, edge[0], r_max)
             key = (np.minimum(code[i], code[j]) * nt + np.maximum(code[i], code[j])) * n_bins
-            w = np.full(len(r), vol[0])
-        b = (r * (n_bins / r_max)).astype(np.int64)
-        inside = b < n_bins
-        hist += np.bincount((key + b)[inside], weights=w[inside], minlength=len(hist))
+            b = (r * (n_bins / r_max)).astype(np.int64)
+            inside = b < n_bins
+            hist += np.bincount((key + b)[inside], minlength=len(hist)) * vol[0]
         for t in names:
             rho[t] += count[t] * np.sum(1.0 / vol)
     hist = hist.reshape(nt, nt, n_bins)
