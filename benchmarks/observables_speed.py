@@ -1,6 +1,6 @@
-"""Observable speed: RDF of all bead-type pairs, cgkd (one neighbour search per frame for every pair) vs
-mdtraj.compute_rdf looped over the pairs, on the same frames, plus ADF/CDF throughput in frames/s.
-Records benchmarks/results/observables_speed.json.
+"""Observable speed: RDF of all bead-type pairs, cgkd (one compiled pass over all bead pairs per frame, or a
+periodic k-d tree for large systems) vs mdtraj.compute_rdf looped over the pairs, on the same frames, plus
+ADF/CDF throughput in frames/s. Records benchmarks/results/observables_speed.json.
 
     python benchmarks/observables_speed.py --dataset systems/ethaline/reference/ethaline_cg.h5
 """
