@@ -97,7 +97,7 @@ def rdf(positions, boxes, types, r_max=None, n_bins=200, pairs=None, progress=Fa
     names = sorted(set(types))
     code = np.searchsorted(names, types)
     count = {t: int((types == t).sum()) for t in names}
-    g = {p: np.zeros(n_bins) for p in pairs}
+    g = {}
     rho = {t: 0.0 for t in names}
     for (a, b) in pairs:
         if a == b and count[a] < 2:
