@@ -21,7 +21,9 @@ import torch
 from cgkd import config
 from cgkd.bench import record
 from cgkd.h5md import H5MDWriter
-from cgkd.train import CGDataset, load_model, train
+from cgkd.dataset import CGDataset
+from cgkd.model import load_model
+from cgkd.train import train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "denoise.json"
 

@@ -12,7 +12,8 @@ import torch
 
 from cgkd import config
 from cgkd.bench import record
-from cgkd.train import CGDataset, batch, build_model, force_loss
+from cgkd.dataset import CGDataset
+from cgkd.train import batch, build_model, force_loss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 

@@ -16,6 +16,8 @@ HELP = {
     "aa": "AA MD with forces: minimise, NPT equilibrate, NVT production to H5MD (resumable)",
     "map": "map an AA trajectory with forces to a CG dataset (bead positions, mapped forces) in H5MD",
     "train": "force matching: train a CG potential or an ensemble (--ensemble N) on a CG dataset",
+    "label": "evaluate a teacher ensemble on every frame of a CG dataset or trajectory (cached labels for distill)",
+    "distill": "train a student from teacher labels (forces, energy, per-bead energies) and/or mapped forces",
     "export": "TorchScript export of a model or ensemble for openmmtorch.TorchForce",
     "simulate": "CG MD with a trained model in OpenMM (TorchForce + native priors), with a stability monitor",
     "compare": "score CG trajectories against the mapped AA reference: RDF, ADF, CDF, diffusion; report + plots",
@@ -43,7 +45,9 @@ Every atom must be in exactly one bead, and a constrained pair may not cross two
 def _add_config_flags(p, cls, skip=()):
     """One flag per config field (--npt-ps for npt_ps); default None so YAML and code defaults apply."""
     hints = typing.get_type_hints(cls)
-    notes = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M))
+    notes = {}
+    for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):  # subclasses override
+        notes.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(base), re.M))
     p.add_argument("--config", help="YAML file with any of the keys below (flags win)")
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -110,22 +114,43 @@ def cmd_train(args):
               f"(average member {summary['average_member_rmse']:.2f})")
 
 
-def cmd_export(args):
-    from pathlib import Path
+def cmd_label(args):
+    from .labels import label
 
+    cfg = _config(config.LabelConfig, args)
+    if cfg.teachers is None or cfg.dataset is None:
+        raise CgkdError("cgkd label: --teachers (a teacher ensemble folder) and --dataset (a CG dataset or "
+                        "trajectory) are required")
+    labels, status = label(cfg.teachers, cfg.dataset, cfg.out, cfg.batch_size, cfg.overwrite)
+    print(f"{'reused' if status == 'reused' else 'wrote'} {labels.path}: {labels.forces.shape[0]} frames x "
+          f"{labels.forces.shape[1]} members")
+    print("ensemble force std (RMS per bead type, kJ/mol/nm): " + ", ".join(
+        f"{t} {v:.1f}" for t, v in labels.uncertainty(json.loads(labels.attrs["type_names"])).items()))
+
+
+def cmd_distill(args):
+    from .distill import distill
+
+    meta = distill(_config(config.DistillConfig, args))
+    t = meta["metrics"]["test"]
+    print(f"student {meta['config']['out']} ({meta['hparams']['arch']} {meta['hparams']['layers']}x"
+          f"{meta['hparams']['channels']}, cutoff {meta['hparams']['cutoff']} nm, {meta['epochs_run']} epochs): test "
+          f"force RMSE {t['forces_vs_mapped']['all']['rmse']:.2f} vs mapped, "
+          f"{t['forces_vs_teachers']['all']['rmse']:.2f} vs teachers (kJ/mol/nm); per-bead energy RMSE vs "
+          f"teachers {t['eps_vs_teachers_rmse']['all']:.3f} kJ/mol")
+
+
+def cmd_export(args):
+    from .dataset import CGDataset
     from .export import export
-    from .h5md import H5MDTrajectory
-    from .train import load_ensemble
+    from .model import load_ensemble
 
     src = Path(args.model)
     _, models = load_ensemble(src)
-    from .report import Traj
-
     if not args.topology:
         raise CgkdError("cgkd export: --topology (a CG dataset or trajectory giving the bead types) is required")
-    types = Traj(args.topology).types
-    with H5MDTrajectory(args.topology) as t:
-        molecules = t.cgkd["residue_ids"][:] if "residue_ids" in t.cgkd else None
+    top = CGDataset(args.topology, frames=0, forces=False)
+    types, molecules = top.type_names, top.residues
     out = Path(args.out or src / "model.ts")
     if out.exists() and not args.overwrite:
         raise CgkdError(f"{out}: output exists; pass --overwrite to replace it")
@@ -211,6 +236,12 @@ def parser():
     t = sub.add_parser("train", help=HELP["train"], description=HELP["train"])
     _add_config_flags(t, config.TrainConfig)
     t.set_defaults(func=cmd_train)
+    lb = sub.add_parser("label", help=HELP["label"], description=HELP["label"])
+    _add_config_flags(lb, config.LabelConfig)
+    lb.set_defaults(func=cmd_label)
+    ds = sub.add_parser("distill", help=HELP["distill"], description=HELP["distill"])
+    _add_config_flags(ds, config.DistillConfig)
+    ds.set_defaults(func=cmd_distill)
     e = sub.add_parser("export", help=HELP["export"], description=HELP["export"])
     e.add_argument("--model", required=True, help="model folder (model.pt) or ensemble folder (member_*)")
     e.add_argument("--topology", help="CG dataset/trajectory whose bead types (in order) the export is for")

@@ -64,31 +64,64 @@ class MapConfig:
 
 
 @dataclass
-class TrainConfig:
-    dataset: Optional[str] = None     # CG dataset (H5MD from `cgkd map`) with forces
+class FitConfig:
+    """What `cgkd train` and `cgkd distill` share: data, architecture, optimisation, output."""
+    dataset: Optional[str] = None     # CG dataset (H5MD from `cgkd map`) with mapped forces
     out: str = "model"                # model folder (an ensemble: one member_<k> folder per member)
+    seed: int = 1                     # initialisation and batch order (an ensemble: seed + k for member k)
+    arch: str = "tensornet"           # tensornet | et (equivariant transformer) | gn (graph network, SchNet-like)
+    channels: int = 32                # hidden channels of the representation
+    layers: int = 1                   # interaction layers
+    rbf: int = 16                     # radial basis functions
+    cutoff: float = 1.0               # nm, the network's neighbour cutoff
+    epochs: int = 100                 # at most this many epochs
+    batch_size: int = 8               # frames per mini-batch
+    lr: float = 1e-3                  # Adam learning rate
+    lr_factor: float = 0.5            # ReduceLROnPlateau factor on the validation score
+    lr_patience: int = 3              # epochs without improvement before the learning rate drops
+    patience: int = 10                # early stopping: epochs without a better validation score
+    resume: bool = False              # continue from the last epoch checkpoint
+    overwrite: bool = False           # replace an existing model folder
+
+
+@dataclass
+class TrainConfig(FitConfig):
     ensemble: int = 1                 # members, differing in seed (initialisation and batch order)
     workers: int = 1                  # members trained at once (processes; one thread each when > 1)
-    seed: int = 1
-    arch: str = "tensornet"           # tensornet | et (equivariant transformer)
-    channels: int = 32
-    layers: int = 1
-    rbf: int = 16                     # radial basis functions
-    cutoff: float = 1.0               # nm
     prior_epsilon: float = 2.5        # kJ/mol, strength of the repulsive walls at the RDF onsets (0: no walls)
     temperature: Optional[float] = None  # K, Boltzmann inversion of bonded priors; default: the dataset's
     loss: str = "mse"                 # mse | mae | mixed (mean of both)
-    epochs: int = 100
-    batch_size: int = 8               # frames per mini-batch
-    lr: float = 1e-3
-    lr_factor: float = 0.5            # ReduceLROnPlateau factor on validation force RMSE
-    lr_patience: int = 3
-    patience: int = 10                # early stopping: epochs without a better validation force RMSE
     val_fraction: float = 0.1         # contiguous time blocks: train | validation | test
     test_fraction: float = 0.1
     max_frames: Optional[int] = None  # use the first n frames of the dataset
-    resume: bool = False              # continue from the last epoch checkpoint of each member
-    overwrite: bool = False           # replace an existing model folder
+
+
+@dataclass
+class LabelConfig:
+    teachers: Optional[str] = None    # teacher ensemble (or one model) folder from `cgkd train`
+    dataset: Optional[str] = None     # CG dataset or trajectory to label (the dataset's bead types)
+    out: Optional[str] = None         # label file (default: the cache, <teachers>/labels/<name>-<key>.h5)
+    batch_size: int = 8               # frames per batch
+    overwrite: bool = False           # relabel into an existing label file made from other inputs
+
+
+@dataclass
+class DistillConfig(FitConfig):
+    out: str = "student"              # student folder (model.pt, metadata.json, metrics.csv, checkpoint.pt)
+    arch: str = "gn"                  # tensornet | et | gn (graph network: the fastest on CPU, see README)
+    channels: int = 32                # hidden channels of the student's representation
+    layers: int = 2                   # interaction layers of the student
+    cutoff: float = 0.8               # nm, the student's neighbour cutoff (independent of the teachers')
+    teachers: Optional[str] = None    # teacher ensemble (or one model) folder from `cgkd train`
+    members: Optional[str] = None     # comma-separated teacher member indices to distil from (default: all)
+    labels: Optional[str] = None      # label file of the dataset (default: the cache in <teachers>/labels/)
+    extra: Optional[str] = None       # comma-separated CG trajectories labelled by the teachers, added to training
+    extra_weighting: str = "none"     # none | agreement: weight extra frames by the ensemble's force agreement
+    w_mapped: float = 0.0             # weight of the force loss against the mapped (noisy) forces
+    w_forces: float = 1.0             # weight of the force loss against the ensemble-mean teacher forces
+    w_energy: float = 0.0             # weight of the loss on the network energy per bead E/N against the teachers'
+    w_eps: float = 0.0                # weight of the per-bead energy loss against the teachers' per-bead energies
+    label_batch: int = 8              # frames per labelling batch
 
 
 @dataclass

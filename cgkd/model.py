@@ -3,6 +3,7 @@
 Positions and boxes in nm, energies in kJ/mol, periodic boxes always. The total energy is the sum of the
 per-bead energies plus the (fixed) prior energy; forces are -dE/dR by autograd.
 """
+from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
@@ -11,10 +12,11 @@ from scipy.spatial import cKDTree
 from torchmdnet.models.utils import OptimizedDistance
 
 from .errors import CgkdError
+from .fileio import atomic_path
 from .observables import in_box
 from .priors import RepulsivePrior
 
-ARCHITECTURES = ("tensornet", "et")
+ARCHITECTURES = ("tensornet", "et", "gn")  # TensorNet, equivariant transformer, graph network (SchNet-like)
 
 
 def max_neighbors(positions, boxes, cutoff, margin=1.2, extra=8):
@@ -48,10 +50,14 @@ class CGPotential(torch.nn.Module):
             from torchmdnet.models.tensornet import TensorNet
 
             self.representation = TensorNet(static_shapes=False, **common)
-        else:
+        elif arch == "et":
             from torchmdnet.models.torchmd_et import TorchMD_ET
 
             self.representation = TorchMD_ET(**common)
+        else:
+            from torchmdnet.models.torchmd_gn import TorchMD_GN
+
+            self.representation = TorchMD_GN(num_filters=channels, **common)
         self.head = torch.nn.Sequential(torch.nn.Linear(channels, channels // 2, dtype=dtype), torch.nn.SiLU(),
                                         torch.nn.Linear(channels // 2, 1, dtype=dtype))
         self.prior = prior
@@ -160,6 +166,47 @@ class CGPotential(torch.nn.Module):
         eps, energy = self(types, pos, box, batch)
         forces = -torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)[0]
         return eps, energy, forces
+
+
+def save_checkpoint(path, state):
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path):
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as e:  # torch raises several types for foreign or truncated files
+        raise CgkdError(f"{path}: not a readable cgkd checkpoint ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != "cgkd-model-1":
+        raise CgkdError(f"{path}: not a cgkd model checkpoint")
+    return state
+
+
+def load_model(path):
+    """A trained CGPotential from a model folder (or its model.pt / checkpoint.pt)."""
+    path = Path(path)
+    f = path / "model.pt" if path.is_dir() else path
+    if not f.exists():
+        raise CgkdError(f"{f}: no trained model here")
+    state = load_checkpoint(f)
+    return CGPotential.from_state(state["hparams"], state["priors"], state["model"]).eval()
+
+
+def ensemble_members(path):
+    """Member folders of a model folder (model.pt: a single model) or an ensemble folder (member_*)."""
+    path = Path(path)
+    members = [path] if (path / "model.pt").exists() else sorted(
+        (p for p in path.glob("member_*") if p.name[7:].isdigit()), key=lambda p: int(p.name[7:]))
+    if not members:
+        raise CgkdError(f"{path}: no model.pt and no member_* folders: not a cgkd model or ensemble")
+    return members
+
+
+def load_ensemble(path):
+    """(member folders, models) of a model folder (model.pt) or an ensemble folder (member_*)."""
+    members = ensemble_members(path)
+    return members, [load_model(m) for m in members]
 
 
 def pair_onsets(type_names, r, rdfs):

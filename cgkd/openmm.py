@@ -23,7 +23,7 @@ class CGForceField:
     """A trained CG potential (or ensemble) that creates OpenMM Systems for CG topologies."""
 
     def __init__(self, path):
-        from .train import load_ensemble
+        from .model import load_ensemble
 
         members, self.models = load_ensemble(path)
         meta_file = members[0] / "metadata.json"
@@ -93,18 +93,12 @@ class CGForceField:
 
 
 def topology_from_dataset(path, frame=0):
-    """(CG openmm Topology with atoms named by bead type, positions in nm) from a cgkd CG dataset frame."""
-    from .h5md import H5MDTrajectory
+    """(CG openmm Topology with atoms named by bead type, positions in nm) from a frame of a cgkd CG dataset
+    (a path, or a CGDataset whose first frame is used)."""
+    from .dataset import CGDataset
 
-    with H5MDTrajectory(path) as t:
-        g = t.cgkd
-        if "bead_types" not in g:
-            raise CgkdError(f"{path}: no /cgkd/bead_types: not a cgkd CG dataset")
-        types = [x.decode() if isinstance(x, bytes) else str(x) for x in g["bead_types"][:]]
-        resnames = [x.decode() if isinstance(x, bytes) else str(x) for x in g["residue_names"][:]]
-        resids = g["residue_ids"][:]
-        pos = t.positions(frame).astype(np.float64)
-        box = t.boxes(frame).astype(np.float64)
+    ds = path if isinstance(path, CGDataset) else CGDataset(path, frames=frame, forces=False, dtype=np.float64)
+    types, resnames, resids, pos, box = ds.type_names, ds.residue_names, ds.residues, ds.positions[0], ds.boxes[0]
     top = app.Topology()
     chain = top.addChain()
     current, res = None, None

@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import observables as obs  # noqa: E402
+from .dataset import CGDataset  # noqa: E402
 from .errors import CgkdError  # noqa: E402
 from .fileio import write_json  # noqa: E402
-from .h5md import H5MDTrajectory  # noqa: E402
 
 
 @dataclass
@@ -33,25 +33,16 @@ class CompareSettings:
     extra: dict = field(default_factory=dict)
 
 
-class Traj:
-    """Positions, boxes, bead types and time step of one CG (or mapped) trajectory file."""
+class Traj(CGDataset):
+    """Positions, boxes, bead types and time step of one CG (or mapped) trajectory file, in float64."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        with H5MDTrajectory(path) as t:
-            g = t.cgkd
-            if "bead_types" not in g:
-                raise CgkdError(f"{self.path}: no /cgkd/bead_types: not a cgkd CG dataset or trajectory")
-            self.types = np.array([x.decode() if isinstance(x, bytes) else str(x) for x in g["bead_types"][:]])
-            self.positions = t.positions().astype(np.float64)
-            self.boxes = t.boxes().astype(np.float64)
-            self.unwrapped = (t.particles["unwrapped_position"]["value"][:].astype(np.float64)
-                              if "unwrapped_position" in t.particles else None)
-            times = t.times()
+        super().__init__(path, forces=False, dtype=np.float64)
+        self.types = np.array(self.type_names)
         if len(self.positions) < 2:
             raise CgkdError(f"{self.path}: needs at least 2 frames")
-        self.dt = float(times[1] - times[0])
-        if np.abs(np.diff(times) - self.dt).max() > 1e-6 * max(abs(self.dt), 1.0):
+        self.dt = float(self.times[1] - self.times[0])
+        if np.abs(np.diff(self.times) - self.dt).max() > 1e-6 * max(abs(self.dt), 1.0):
             raise CgkdError(f"{self.path}: frames are not evenly spaced in time (MSD needs a fixed interval)")
 
     def unwrap(self):

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import __version__, config, systems
 from .aa import read_checkpoint, write_checkpoint
+from .dataset import CGDataset
 from .errors import CgkdError
 from .fileio import check_writable, trim_csv, write_json
 from .observables import in_box
@@ -306,14 +307,9 @@ def starting_structure(cfg, ff):
 
     if cfg.start is None:
         raise CgkdError("cgkd simulate: --start (a CG dataset or trajectory with /cgkd/bead_types) is required")
-    with H5MDTrajectory(cfg.start) as t:
-        n = len(t)
-    frame = cfg.frame if cfg.frame >= 0 else n + cfg.frame
-    if not 0 <= frame < n:
-        raise CgkdError(f"{cfg.start}: frame {cfg.frame} out of range ({n} frames)")
-    top, pos = topology_from_dataset(cfg.start, frame)
-    with H5MDTrajectory(cfg.start) as t:
-        T = float(t.cgkd.attrs["temperature_K"]) if "temperature_K" in t.cgkd.attrs else None
+    start = CGDataset(cfg.start, frames=cfg.frame, forces=False, dtype=np.float64)
+    top, pos = topology_from_dataset(start)
+    T = start.temperature
     box = np.array(top.getPeriodicBoxVectors().value_in_unit(u.nanometer))
     if np.abs(box - np.diag(np.diag(box))).max() > 1e-9:
         raise CgkdError(f"{cfg.start}: triclinic box; cgkd simulate supports orthorhombic boxes")

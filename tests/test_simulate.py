@@ -10,7 +10,7 @@ import torch
 from cgkd import CgkdError, cli, config
 from cgkd.h5md import H5MDTrajectory, H5MDWriter
 from cgkd.simulate import Monitor, simulate
-from cgkd.train import load_checkpoint, save_checkpoint
+from cgkd.model import load_checkpoint, save_checkpoint
 
 from .conftest import FAST
 

@@ -11,7 +11,8 @@ from cgkd import CgkdError, config, mapping, readers
 from cgkd.export import export, torch_force
 from cgkd.h5md import H5MDTrajectory, H5MDWriter
 from cgkd.systems import SYSTEMS_DIR
-from cgkd.train import load_model, train
+from cgkd.model import load_model
+from cgkd.train import train
 
 from .conftest import FAST
 
@@ -59,7 +60,8 @@ def test_parallel_members_equal_serial_ones_and_the_ensemble_mean_is_evaluated(c
         ref = torch.tensor(t.forces(frame), dtype=torch.float32)
         types = members[0].type_index([x.decode() for x in t.cgkd["bead_types"][:]])
     mean = sum(m.energy_forces(types, pos.clone(), box)[2].detach() for m in members) / 2
-    from cgkd.train import CGDataset, evaluate
+    from cgkd.dataset import CGDataset
+    from cgkd.train import evaluate
 
     ds = CGDataset(cg)
     got = evaluate(members, ds, types, np.array([frame]), 4)["all"]["rmse"]

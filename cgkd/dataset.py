@@ -1,0 +1,84 @@
+"""CG datasets and trajectories: the one place where a cgkd CG H5MD file (from `cgkd map` or `cgkd simulate`)
+is decoded into bead types, residues, masses, temperature, frames and (for mapped data) forces."""
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CgkdError
+from .fileio import file_hash
+from .h5md import H5MDTrajectory
+
+
+def _strings(values):
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in values]
+
+
+class CGDataset:
+    """Frames of a CG dataset or trajectory: positions, boxes, times and (if present) forces as float32 arrays
+    (`dtype` to change), bead types, residue ids and names, bead masses and temperature.
+
+    frames: a slice (default all) or one frame index (negative from the end). forces: True requires mapped
+    forces, False skips them, None reads them when present."""
+
+    def __init__(self, path, frames=None, forces=None, dtype=np.float32):
+        self.path = Path(path)
+        with H5MDTrajectory(path) as t:
+            g = t.cgkd
+            if "bead_types" not in g:
+                raise CgkdError(f"{self.path}: no /cgkd/bead_types: not a CG dataset or trajectory from cgkd")
+            if forces and not t.has("force"):
+                raise CgkdError(f"{self.path}: no forces in this dataset; force matching needs mapped forces")
+            n = len(t)
+            if isinstance(frames, (int, np.integer)):
+                if not -n <= frames < n:
+                    raise CgkdError(f"{self.path}: frame {frames} out of range ({n} frames)")
+                frames = slice(frames % n, frames % n + 1)
+            frames = frames or slice(None)
+            self.type_names = _strings(g["bead_types"][:])
+            self.residues = g["residue_ids"][:] if "residue_ids" in g else np.arange(len(self.type_names))
+            self.residue_names = (_strings(g["residue_names"][:]) if "residue_names" in g
+                                  else list(self.type_names))
+            self.temperature = float(g.attrs["temperature_K"]) if "temperature_K" in g.attrs else None
+            self.masses = t.masses()
+            self.positions = t.positions(frames).astype(dtype)
+            self.boxes = t.boxes(frames).astype(dtype)
+            self.times = t.times()[frames]
+            self.forces = t.forces(frames).astype(dtype) if forces is not False and t.has("force") else None
+            self.unwrapped = (t.particles["unwrapped_position"]["value"][frames].astype(dtype)
+                              if "unwrapped_position" in t.particles else None)
+        if self.positions.shape[1] != len(self.type_names):
+            raise CgkdError(f"{self.path}: {self.positions.shape[1]} beads per frame but {len(self.type_names)} "
+                            "bead types")
+        self._hash = None
+
+    @property
+    def hash(self):
+        """sha256 of the file's bytes (computed once)."""
+        if self._hash is None:
+            self._hash = file_hash(self.path)
+        return self._hash
+
+    def __len__(self):
+        return len(self.positions)
+
+    @property
+    def n_beads(self):
+        return len(self.type_names)
+
+    def split(self, val_fraction, test_fraction):
+        """Contiguous blocks: the first frames train, then validation, then test."""
+        n = len(self)
+        if n < 3:
+            raise CgkdError(f"{self.path}: {n} frames; need at least 3 (train, validation, test)")
+        n_test = max(1, int(round(n * test_fraction)))
+        n_val = max(1, int(round(n * val_fraction)))
+        n_train = n - n_val - n_test
+        if n_train < 1:
+            raise CgkdError(f"{self.path}: {n} frames cannot hold the validation and test fractions")
+        return {"train": [0, n_train], "val": [n_train, n_train + n_val], "test": [n_train + n_val, n]}
+
+    def bead_masses(self, type_names):
+        """{bead type: mass in amu} for the given types ({} when the file has no masses)."""
+        if self.masses is None:
+            return {}
+        return {t: float(self.masses[self.type_names.index(t)]) for t in type_names}

@@ -1,0 +1,212 @@
+"""`cgkd distill`: a student CG potential trained on teacher labels (knowledge distillation).
+
+    L = w_F MSE(F_S, F_mapped) + w_f MSE(F_S, mean F_T) + w_E MSE(E_S/N, mean E_T/N) + w_eps MSE(eps_S, mean eps_T)
+
+F are total forces (priors included), E the network energy (sum of per-bead energies eps, priors excluded)
+and the means run over the chosen teacher members; teacher energies are centred as `cgkd.labels` explains.
+The FM baseline is the same student with w_F only; one teacher is an ensemble of one. The student inherits
+the teachers' priors unchanged and uses their train | validation | test blocks, so it never sees test frames.
+Extra frames (CG trajectories labelled by the teachers) join the training block without mapped forces,
+optionally weighted by the ensemble's agreement on them. Training shares `cgkd train`'s loop: early
+stopping on the validation loss, a checkpoint every epoch, exact `--resume`.
+"""
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from .dataset import CGDataset
+from .errors import CgkdError
+from .labels import Teachers, label
+from .train import batch, build_model, evaluate, fit, model_metadata, write_model
+
+TERMS = (("mapped", "w_mapped"), ("forces", "w_forces"), ("energy", "w_energy"), ("eps", "w_eps"))
+
+
+def _indices(text, n, what):
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise CgkdError(f"--{what}: expected comma-separated member indices, got {text!r}") from None
+    bad = [v for v in values if not 0 <= v < n]
+    if bad or not values:
+        raise CgkdError(f"--{what}: indices must be in 0..{n - 1}, got {text!r}")
+    return values
+
+
+def check_config(cfg):
+    if cfg.teachers is None or cfg.dataset is None:
+        raise CgkdError("cgkd distill: --teachers (a teacher ensemble folder) and --dataset (its CG dataset) "
+                        "are required")
+    weights = {name: getattr(cfg, w) for name, w in TERMS}
+    if any(w < 0 for w in weights.values()):
+        raise CgkdError(f"cgkd distill: loss weights must be >= 0, got {weights}")
+    if not any(weights.values()):
+        raise CgkdError("cgkd distill: all loss weights (--w-mapped, --w-forces, --w-energy, --w-eps) are zero")
+    if cfg.extra_weighting not in ("none", "agreement"):
+        raise CgkdError(f"--extra-weighting must be none or agreement, got {cfg.extra_weighting!r}")
+
+
+class TrainingFrames(SimpleNamespace):
+    """The dataset's frames plus any extra labelled frames, with per-frame targets: mapped forces (zero and
+    masked off for extra frames), teacher means, and a weight per frame."""
+
+    @classmethod
+    def build(cls, ds, mean, extra):
+        parts = [(ds, mean, np.ones(len(ds), bool), np.ones(len(ds)))] + list(extra)
+        cat = lambda get: np.concatenate([get(p) for p in parts])  # noqa: E731
+        return cls(type_names=ds.type_names, positions=cat(lambda p: p[0].positions),
+                   boxes=cat(lambda p: p[0].boxes),
+                   forces=cat(lambda p: p[0].forces if p[0].forces is not None and p[2].all()
+                              else np.zeros_like(p[0].positions)),
+                   has_mapped=cat(lambda p: p[2]), weight=cat(lambda p: p[3]),
+                   teacher_forces=cat(lambda p: p[1]["forces"]), teacher_energy=cat(lambda p: p[1]["energy"]),
+                   teacher_eps=cat(lambda p: p[1]["eps"]))
+
+
+def _extra_frames(cfg, teachers, ds, members, reference_std):
+    """[(CGDataset, teacher means, has-mapped mask, weights)] for the extra trajectories."""
+    out = []
+    for path in [p.strip() for p in (cfg.extra or "").split(",") if p.strip()]:
+        ex = CGDataset(path, forces=False)
+        if ex.type_names != ds.type_names:
+            raise CgkdError(f"{path}: its beads (types in order) differ from those of {ds.path}; extra frames must "
+                            "share the dataset's topology")
+        labels, _ = label(teachers, ex, batch_size=cfg.label_batch, progress=True)
+        mean = labels.mean(members)
+        weight = np.ones(len(ex))
+        if cfg.extra_weighting == "agreement":  # frames where the teachers disagree more count less
+            std = np.sqrt((mean["force_std"] ** 2).mean(axis=(1, 2)))
+            weight = np.minimum(1.0, (reference_std / std) ** 2)
+        out.append((ex, mean, np.zeros(len(ex), bool), weight))
+    return out
+
+
+def _data_key(ds, labels_key, extra):
+    return hashlib.sha256(json.dumps([ds.hash, labels_key, [e[0].hash for e in extra]]).encode()).hexdigest()
+
+
+def distill(cfg, progress=True):
+    """Train a student into cfg.out; returns its metadata (also in <out>/metadata.json)."""
+    check_config(cfg)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.resume and not cfg.overwrite:
+        raise CgkdError(f"{out}: output exists; pass --overwrite to replace it or --resume to continue")
+    teachers = Teachers(cfg.teachers)
+    ds = CGDataset(cfg.dataset, forces=True)
+    trained_on = teachers.metas[0]["dataset_sha256"]
+    if ds.hash != trained_on:
+        raise CgkdError(f"{ds.path}: not the dataset the teachers in {teachers.path} were trained on "
+                        f"({teachers.metas[0]['dataset']}); a student uses its teachers' data and splits")
+    members = None if cfg.members is None else _indices(cfg.members, len(teachers.models), "members")
+    split = teachers.metas[0]["split"]
+    torch.manual_seed(cfg.seed)
+    onsets, model = build_model(cfg, ds, split, teacher=teachers)
+    types = model.type_index(ds.type_names)
+    for i in range(*split["train"]):
+        model.check_neighbors(torch.from_numpy(ds.positions[i]), torch.from_numpy(ds.boxes[i]))
+    labels, status = label(teachers, ds, cfg.labels, batch_size=cfg.label_batch, progress=progress)
+    if progress:
+        print(f"cgkd distill: labels {labels.path} ({status}); ensemble force std per bead type "
+              f"{json.dumps({k: round(v, 1) for k, v in labels.uncertainty(ds.type_names).items()})} kJ/mol/nm")
+    mean = labels.mean(members)
+    train = np.arange(*split["train"])
+    ref_std = float(np.sqrt((mean["force_std"][train] ** 2).mean()))
+    extra = _extra_frames(cfg, teachers, ds, members, ref_std)
+    data = TrainingFrames.build(ds, mean, extra)
+    train_frames = np.concatenate([train, len(ds) + np.arange(sum(len(e[0]) for e in extra))])
+    weights = {name: getattr(cfg, w) for name, w in TERMS}
+    n = ds.n_beads
+
+    def losses(frames, create_graph):
+        t, p, b, bi, f_mapped = batch(data, frames, types)
+        eps, _, f = model.energy_forces(t, p, b, bi, create_graph=create_graph)
+        k = len(frames)
+        w = torch.as_tensor(data.weight[frames], dtype=f.dtype)
+        mapped = torch.as_tensor(data.has_mapped[frames])
+        sq = lambda a, b_, per: ((a - b_) ** 2).reshape(k, per).mean(axis=1)  # noqa: E731
+        energy = eps.reshape(k, n).sum(axis=1) / n
+        terms = {}
+        if weights["mapped"]:
+            m = mapped.to(f.dtype)
+            terms["mapped"] = (sq(f, f_mapped, 3 * n) * m).sum() / m.sum().clamp(min=1.0)
+        if weights["forces"]:
+            target = torch.from_numpy(data.teacher_forces[frames].reshape(-1, 3))
+            terms["forces"] = (sq(f, target, 3 * n) * w).sum() / w.sum()
+        if weights["energy"]:
+            target = torch.from_numpy(data.teacher_energy[frames] / n).to(f.dtype)
+            terms["energy"] = (((energy - target) ** 2) * w).sum() / w.sum()
+        if weights["eps"]:
+            target = torch.from_numpy(data.teacher_eps[frames].reshape(-1))
+            terms["eps"] = (sq(eps, target, n) * w).sum() / w.sum()
+        total = sum(weights[k_] * v for k_, v in terms.items())
+        return total, terms
+
+    def step(frames):
+        total, terms = losses(frames, create_graph=True)
+        return total, {f"loss_{k}": v.item() for k, v in terms.items()}
+
+    val = np.arange(*split["val"])
+
+    def validate():
+        total, count = 0.0, 0
+        for s in range(0, len(val), cfg.batch_size):
+            fr = val[s:s + cfg.batch_size]
+            total += losses(fr, create_graph=False)[0].item() * len(fr)
+            count += len(fr)
+        v = {"val_loss": total / count}
+        v["val_force_rmse"] = evaluate(model, ds, types, val, cfg.batch_size)["all"]["rmse"]
+        v["val_teacher_force_rmse"] = evaluate(model, ds, types, val, cfg.batch_size, mean["forces"])["all"]["rmse"]
+        return v
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        state = fit(model, cfg, out, cfg.seed, _data_key(ds, labels.attrs["key"], extra), train_frames, step,
+                    validate, "val_loss", progress)
+    except BaseException:
+        if created and not (out / "checkpoint.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no empty folder behind
+        raise
+    test = np.arange(*split["test"])
+    meta = model_metadata(model, cfg, ds, split, cfg.seed, state, onsets)
+    meta.update(metrics={"test": test_metrics(model, ds, types, test, mean, cfg.batch_size)},
+                distillation={"teachers": str(teachers.path), "members": [str(m) for m in teachers.members],
+                              "used_members": members if members is not None else list(range(len(teachers.models))),
+                              "member_sha256": teachers.hashes, "labels": str(labels.path),
+                              "labels_key": labels.attrs["key"], "weights": weights,
+                              "extra": [{"path": str(e[0].path), "frames": len(e[0]), "sha256": e[0].hash,
+                                         "mean_weight": float(np.mean(e[3]))} for e in extra],
+                              "teacher_prior": teachers.metas[0]["prior"]})
+    meta["prior"] = teachers.metas[0]["prior"]
+    write_model(out, model, meta)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return meta
+
+
+def test_metrics(model, ds, types, frames, mean, batch_size):
+    """Errors of a student on the given frames: forces against the mapped forces and against the teachers'
+    mean (per bead type), network energy per bead against the teachers', per-bead energies per type."""
+    names = np.array(ds.type_names)
+    n = len(names)
+    e_err, eps_err = [], []
+    for s in range(0, len(frames), batch_size):
+        fr = frames[s:s + batch_size]
+        t, p, b, bi, _ = batch(ds, fr, types)
+        with torch.no_grad():
+            eps, _ = model(t, p, b, bi)
+        eps = eps.numpy().reshape(len(fr), n)
+        e_err.append(eps.sum(axis=1) / n - mean["energy"][fr] / n)
+        eps_err.append(eps - mean["eps"][fr])
+    e_err, eps_err = np.concatenate(e_err), np.concatenate(eps_err)
+    return {"forces_vs_mapped": evaluate(model, ds, types, frames, batch_size),
+            "forces_vs_teachers": evaluate(model, ds, types, frames, batch_size, mean["forces"]),
+            "energy_per_bead_vs_teachers_rmse": float(np.sqrt((e_err ** 2).mean())),
+            "eps_vs_teachers_rmse": {"all": float(np.sqrt((eps_err ** 2).mean())),
+                                     **{t: float(np.sqrt((eps_err[:, names == t] ** 2).mean()))
+                                        for t in sorted(set(names))}}}
