@@ -30,6 +30,27 @@ def run(model, dataset, out, **kw):
     return simulate(config.SimConfig(model=model, start=dataset, out=str(out), overwrite=True, **kw), progress=False)
 
 
+def timestep_scan(model, dataset, timesteps, ps, replicas, threads, workdir):
+    """Langevin runs of `ps` each at every timestep: ([{dt_fs, fraction_stable, failures, ...}], the largest
+    timestep stable there and at every smaller one)."""
+    scan, largest = [], None
+    for dt in timesteps:
+        steps = int(round(ps * 1000 / dt))
+        s = run(model, dataset, Path(workdir) / f"dt{dt}", dt_fs=dt, steps=steps, report=max(1, steps // 100),
+                replicas=replicas, threads=threads, checkpoint_every=1000)
+        fails = [{"check": r["failed_check"], "at_ps": r["time_to_failure_ps"]} for r in s["replicas"]
+                 if not r["stable"]]
+        scan.append({"dt_fs": dt, "ps": ps, "replicas": replicas, "fraction_stable": s["fraction_stable"],
+                     "steps_per_s": float(np.mean([r["steps_per_s"] for r in s["replicas"]])), "failures": fails})
+        print(f"{model}: dt {dt} fs: {s['fraction_stable']:.2f} of {replicas} replicas stable over {ps} ps"
+              + (f"; failures {fails}" if fails else ""), flush=True)
+    for entry in sorted(scan, key=lambda e: e["dt_fs"]):
+        if entry["fraction_stable"] < 1.0:
+            break
+        largest = entry["dt_fs"]
+    return scan, largest
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="runs/teachers")
@@ -60,21 +81,7 @@ def main():
               f"std(E_total)/std(E_kin) {ratio:.4f} (bound 0.05): {'pass' if res['nve']['pass'] else 'FAIL'}")
 
         # (2) Timestep scan.
-        scan, largest = [], None
-        for dt in a.timesteps:
-            steps = int(round(a.ps * 1000 / dt))
-            s = run(a.model, a.dataset, Path(d) / f"dt{dt}", dt_fs=dt, steps=steps, report=max(1, steps // 100),
-                    replicas=a.replicas, threads=a.threads, checkpoint_every=1000)
-            fails = [{"check": r["failed_check"], "at_ps": r["time_to_failure_ps"]} for r in s["replicas"]
-                     if not r["stable"]]
-            scan.append({"dt_fs": dt, "ps": a.ps, "replicas": a.replicas, "fraction_stable": s["fraction_stable"],
-                         "failures": fails})
-            print(f"dt {dt} fs: {s['fraction_stable']:.2f} of {a.replicas} replicas stable over {a.ps} ps"
-                  + (f"; failures {fails}" if fails else ""))
-        for entry in sorted(scan, key=lambda e: e["dt_fs"]):  # stable here and at every smaller timestep
-            if entry["fraction_stable"] < 1.0:
-                break
-            largest = entry["dt_fs"]
+        scan, largest = timestep_scan(a.model, a.dataset, a.timesteps, a.ps, a.replicas, a.threads, Path(d))
         res["timestep_scan"] = scan
         res["largest_stable_dt_fs"] = largest
         print(f"largest stable timestep: {largest} fs")
