@@ -1,8 +1,10 @@
 """`cgkd distill`: a student CG potential trained on teacher labels (knowledge distillation).
 
-    L = w_F MSE(F_S, F_mapped) + w_f MSE(F_S, mean F_T) + w_E MSE(E_S/N, mean E_T/N) + w_eps MSE(eps_S, mean eps_T)
+    L = w_F MSE(F_S, F_mapped)/s_F + w_f MSE(F_S, mean F_T)/s_f + w_E MSE(E_S/N, mean E_T/N)/s_E
+        + w_eps MSE(eps_S, mean eps_T)/s_eps
 
-F are total forces (priors included), E the network energy (sum of per-bead energies eps, priors excluded)
+Each term is scaled by the variance s of its target over the training frames, so the weights are
+dimensionless and comparable (a term is 1 for a model that predicts the target's mean). F are total forces (priors included), E the network energy (sum of per-bead energies eps, priors excluded)
 and the means run over the chosen teacher members; teacher energies are centred as `cgkd.labels` explains.
 The FM baseline is the same student with w_F only; one teacher is an ensemble of one. The student inherits
 the teachers' priors unchanged and uses their train | validation | test blocks, so it never sees test frames.
@@ -122,6 +124,12 @@ def distill(cfg, progress=True):
     train_frames = np.concatenate([train, len(ds) + np.arange(sum(len(e[0]) for e in extra))])
     weights = {name: getattr(cfg, w) for name, w in TERMS}
     n = ds.n_beads
+    scales = {"mapped": float(ds.forces[train].var()), "forces": float(mean["forces"][train].var()),
+              "energy": float((mean["energy"][train] / n).var()), "eps": float(mean["eps"][train].var())}
+    for term, scale in scales.items():
+        if weights[term] and not scale > 0:
+            raise CgkdError(f"{labels.path}: the {term} targets do not vary over the training frames; "
+                            f"cannot scale their loss (set --w-{term} 0)")
 
     def losses(frames, create_graph):
         t, p, b, bi, f_mapped = batch(data, frames, types)
@@ -144,6 +152,7 @@ def distill(cfg, progress=True):
         if weights["eps"]:
             target = torch.from_numpy(data.teacher_eps[frames].reshape(-1))
             terms["eps"] = (sq(eps, target, n) * w).sum() / w.sum()
+        terms = {k_: v / scales[k_] for k_, v in terms.items()}
         total = sum(weights[k_] * v for k_, v in terms.items())
         return total, terms
 
@@ -180,6 +189,7 @@ def distill(cfg, progress=True):
                               "used_members": members if members is not None else list(range(len(teachers.models))),
                               "member_sha256": teachers.hashes, "labels": str(labels.path),
                               "labels_key": labels.attrs["key"], "weights": weights,
+                              "loss_scales": scales,
                               "extra": [{"path": str(e[0].path), "frames": len(e[0]), "sha256": e[0].hash,
                                          "mean_weight": float(np.mean(e[3]))} for e in extra],
                               "teacher_prior": teachers.metas[0]["prior"]})

@@ -86,6 +86,7 @@ def test_bad_inputs(cg, trained, tmp_path):
     w.close()
     with pytest.raises(CgkdError, match="no forces in this dataset"):
         train(config.TrainConfig(dataset=str(noforce), out=str(tmp_path / "nf"), **FAST), progress=False)
+    assert not (tmp_path / "nf").exists()  # bad input leaves no (empty) output folder behind
     junk = tmp_path / "junk" / "model.pt"
     junk.parent.mkdir()
     junk.write_bytes(b"not a checkpoint")
