@@ -3,6 +3,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import re
 import sys
 import typing
@@ -18,6 +19,7 @@ HELP = {
     "train": "force matching: train a CG potential or an ensemble (--ensemble N) on a CG dataset",
     "label": "evaluate a teacher ensemble on every frame of a CG dataset or trajectory (cached labels for distill)",
     "distill": "train a student from teacher labels (forces, energy, per-bead energies) and/or mapped forces",
+    "study": "the distillation ablation: variants x seeds -> students, CG runs, comparisons (submitit jobs)",
     "export": "TorchScript export of a model or ensemble for openmmtorch.TorchForce",
     "simulate": "CG MD with a trained model in OpenMM (TorchForce + native priors), with a stability monitor",
     "compare": "score CG trajectories against the mapped AA reference: RDF, ADF, CDF, diffusion; report + plots",
@@ -55,6 +57,8 @@ def _add_config_flags(p, cls, skip=()):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        if kind in (list, dict):  # structured settings live in the YAML only
+            continue
         default = f"{notes.get(f.name, '')} (default: {f.default})".strip()
         if kind is bool:
             p.add_argument(flag, action="store_const", const=True, default=None, help=f"on/off {default}")
@@ -140,6 +144,23 @@ def cmd_distill(args):
           f"teachers {t['eps_vs_teachers_rmse']['all']:.3f} kJ/mol")
 
 
+def cmd_study(args):
+    import numpy as np
+
+    from .study import Study, StudyConfig
+
+    if not args.config:
+        raise CgkdError("cgkd study: --config (a study YAML, e.g. benchmarks/ablation.yaml) is required")
+    result = Study(_config(StudyConfig, args)).run()
+    for kind in ("variants", "references"):
+        for name, seeds in result[kind].items():
+            rdf = [e.get("rdf_error_mean") for e in seeds if e.get("rdf_error_mean") is not None]
+            stable = [e["stable_fraction"] for e in seeds if e.get("stable_fraction") is not None]
+            print(f"{name}: RDF error {np.mean(rdf):.3f} +- {np.std(rdf):.3f} over {len(rdf)} seed(s); "
+                  f"stable {np.mean(stable):.2f}" if rdf else f"{name}: no comparison yet")
+    print(f"cgkd study: results in {Path(result['config']['out']) / 'ablation.json'}")
+
+
 def cmd_export(args):
     from .dataset import CGDataset
     from .export import export
@@ -219,9 +240,12 @@ def cmd_demo(args):
 
 
 def parser():
+    from .study import StudyConfig
+
     p = argparse.ArgumentParser(prog="cgkd", description="Machine-learned CG force fields for deep eutectic "
                                 "solvents: AA data, mapping, teachers, distilled students, OpenMM runs.")
     p.add_argument("--version", action="version", version=f"cgkd {__version__}")
+    p.add_argument("--verbose", action="store_true", help="also show the log of TorchMD-Net's warp kernels")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help=HELP["build"], description=HELP["build"])
     _add_config_flags(b, config.BuildConfig)
@@ -242,6 +266,9 @@ def parser():
     ds = sub.add_parser("distill", help=HELP["distill"], description=HELP["distill"])
     _add_config_flags(ds, config.DistillConfig)
     ds.set_defaults(func=cmd_distill)
+    st = sub.add_parser("study", help=HELP["study"], description=HELP["study"])
+    _add_config_flags(st, StudyConfig)
+    st.set_defaults(func=cmd_study)
     e = sub.add_parser("export", help=HELP["export"], description=HELP["export"])
     e.add_argument("--model", required=True, help="model folder (model.pt) or ensemble folder (member_*)")
     e.add_argument("--topology", help="CG dataset/trajectory whose bead types (in order) the export is for")
@@ -273,6 +300,8 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if args.verbose:
+        os.environ["CGKD_VERBOSE"] = "1"
     try:
         args.func(args)
     except CgkdError as e:

@@ -3,6 +3,7 @@ is decoded into bead types, residues, masses, temperature, frames and (for mappe
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import CgkdError
 from .fileio import file_hash
@@ -82,3 +83,14 @@ class CGDataset:
         if self.masses is None:
             return {}
         return {t: float(self.masses[self.type_names.index(t)]) for t in type_names}
+
+
+def batch(ds, frames, types, forces=None):
+    """Concatenate frames into one graph batch: (types, positions, boxes per frame, batch index, forces), the
+    forces from `forces` (an array over all frames; default the dataset's mapped forces; False or a dataset
+    without forces: None)."""
+    k, n = len(frames), len(types)
+    forces = ds.forces if forces is None else (None if forces is False else forces)
+    return (types.repeat(k), torch.from_numpy(ds.positions[frames].reshape(-1, 3)),
+            torch.from_numpy(ds.boxes[frames]), torch.arange(k).repeat_interleave(n),
+            None if forces is None else torch.from_numpy(np.asarray(forces[frames], np.float32).reshape(-1, 3)))

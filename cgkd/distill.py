@@ -4,7 +4,9 @@
         + w_eps MSE(eps_S, mean eps_T)/s_eps
 
 Each term is scaled by the variance s of its target over the training frames, so the weights are
-dimensionless and comparable (a term is 1 for a model that predicts the target's mean). F are total forces (priors included), E the network energy (sum of per-bead energies eps, priors excluded)
+dimensionless and comparable (a term is 1 for a model that predicts the target's mean; E/N varies little
+from frame to frame, so its term is strict: w_E = 1 asks for energies as good as the teachers' relative to
+that small spread). F are total forces (priors included), E the network energy (sum of per-bead energies eps, priors excluded)
 and the means run over the chosen teacher members; teacher energies are centred as `cgkd.labels` explains.
 The FM baseline is the same student with w_F only; one teacher is an ensemble of one. The student inherits
 the teachers' priors unchanged and uses their train | validation | test blocks, so it never sees test frames.
@@ -12,7 +14,6 @@ Extra frames (CG trajectories labelled by the teachers) join the training block 
 optionally weighted by the ensemble's agreement on them. Training shares `cgkd train`'s loop: early
 stopping on the validation loss, a checkpoint every epoch, exact `--resume`.
 """
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -22,10 +23,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .dataset import CGDataset
+from .dataset import CGDataset, batch
 from .errors import CgkdError
-from .labels import Teachers, label
-from .train import batch, build_model, evaluate, fit, model_metadata, write_model
+from .labels import Teachers, eps_offsets, label
+from .train import build_model, evaluate, fit, model_metadata, write_model
 
 TERMS = (("mapped", "w_mapped"), ("forces", "w_forces"), ("energy", "w_energy"), ("eps", "w_eps"))
 
@@ -71,7 +72,7 @@ class TrainingFrames(SimpleNamespace):
                    teacher_eps=cat(lambda p: p[1]["eps"]))
 
 
-def _extra_frames(cfg, teachers, ds, members, reference_std):
+def _extra_frames(cfg, teachers, ds, members, reference_std, progress):
     """[(CGDataset, teacher means, has-mapped mask, weights)] for the extra trajectories."""
     out = []
     for path in [p.strip() for p in (cfg.extra or "").split(",") if p.strip()]:
@@ -79,18 +80,21 @@ def _extra_frames(cfg, teachers, ds, members, reference_std):
         if ex.type_names != ds.type_names:
             raise CgkdError(f"{path}: its beads (types in order) differ from those of {ds.path}; extra frames must "
                             "share the dataset's topology")
-        labels, _ = label(teachers, ex, batch_size=cfg.label_batch, progress=True)
+        labels, _ = label(teachers, ex, batch_size=cfg.label_batch, progress=progress)
         mean = labels.mean(members)
         weight = np.ones(len(ex))
         if cfg.extra_weighting == "agreement":  # frames where the teachers disagree more count less
             std = np.sqrt((mean["force_std"] ** 2).mean(axis=(1, 2)))
-            weight = np.minimum(1.0, (reference_std / std) ** 2)
+            weight = np.minimum(1.0, (reference_std / np.maximum(std, 1e-12)) ** 2)
         out.append((ex, mean, np.zeros(len(ex), bool), weight))
     return out
 
 
-def _data_key(ds, labels_key, extra):
-    return hashlib.sha256(json.dumps([ds.hash, labels_key, [e[0].hash for e in extra]]).encode()).hexdigest()
+def _data_key(cfg, ds, labels_key, extra):
+    """What a checkpoint was trained on: data, labels, extra frames, members and loss settings."""
+    what = [ds.hash, labels_key, [e[0].hash for e in extra], cfg.members, cfg.extra_weighting,
+            [getattr(cfg, w) for _, w in TERMS]]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
 def distill(cfg, progress=True):
@@ -106,22 +110,25 @@ def distill(cfg, progress=True):
         raise CgkdError(f"{ds.path}: not the dataset the teachers in {teachers.path} were trained on "
                         f"({teachers.metas[0]['dataset']}); a student uses its teachers' data and splits")
     members = None if cfg.members is None else _indices(cfg.members, len(teachers.models), "members")
+    if cfg.extra and cfg.extra_weighting == "agreement" and len(members or teachers.models) < 2:
+        raise CgkdError("--extra-weighting agreement needs at least two teacher members (their disagreement)")
     split = teachers.metas[0]["split"]
-    torch.manual_seed(cfg.seed)
-    onsets, model = build_model(cfg, ds, split, teacher=teachers)
-    types = model.type_index(ds.type_names)
-    for i in range(*split["train"]):
-        model.check_neighbors(torch.from_numpy(ds.positions[i]), torch.from_numpy(ds.boxes[i]))
+    train = np.arange(*split["train"])
     labels, status = label(teachers, ds, cfg.labels, batch_size=cfg.label_batch, progress=progress)
     if progress:
         print(f"cgkd distill: labels {labels.path} ({status}); ensemble force std per bead type "
               f"{json.dumps({k: round(v, 1) for k, v in labels.uncertainty(ds.type_names).items()})} kJ/mol/nm")
     mean = labels.mean(members)
-    train = np.arange(*split["train"])
     ref_std = float(np.sqrt((mean["force_std"][train] ** 2).mean()))
-    extra = _extra_frames(cfg, teachers, ds, members, ref_std)
+    extra = _extra_frames(cfg, teachers, ds, members, ref_std, progress)
     data = TrainingFrames.build(ds, mean, extra)
     train_frames = np.concatenate([train, len(ds) + np.arange(sum(len(e[0]) for e in extra))])
+    torch.manual_seed(cfg.seed)
+    onsets, model = build_model(cfg, ds, split, teacher=teachers,
+                                frames=(data.positions[train_frames], data.boxes[train_frames]))
+    types = model.type_index(ds.type_names)
+    for i in train_frames:
+        model.check_neighbors(torch.from_numpy(data.positions[i]), torch.from_numpy(data.boxes[i]))
     weights = {name: getattr(cfg, w) for name, w in TERMS}
     n = ds.n_beads
     scales = {"mapped": float(ds.forces[train].var()), "forces": float(mean["forces"][train].var()),
@@ -176,41 +183,42 @@ def distill(cfg, progress=True):
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        state = fit(model, cfg, out, cfg.seed, _data_key(ds, labels.attrs["key"], extra), train_frames, step,
+        state = fit(model, cfg, out, cfg.seed, _data_key(cfg, ds, labels.attrs["key"], extra), train_frames, step,
                     validate, "val_loss", progress)
     except BaseException:
         if created and not (out / "checkpoint.pt").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no empty folder behind
         raise
-    test = np.arange(*split["test"])
+    offsets = eps_offsets(model, ds, train, cfg.batch_size)
     meta = model_metadata(model, cfg, ds, split, cfg.seed, state, onsets)
-    meta.update(metrics={"test": test_metrics(model, ds, types, test, mean, cfg.batch_size)},
+    meta.update(metrics={"test": test_metrics(model, ds, types, np.arange(*split["test"]), mean, offsets,
+                                              cfg.batch_size)},
+                eps_offsets_kJ_mol=offsets,
                 distillation={"teachers": str(teachers.path), "members": [str(m) for m in teachers.members],
                               "used_members": members if members is not None else list(range(len(teachers.models))),
                               "member_sha256": teachers.hashes, "labels": str(labels.path),
-                              "labels_key": labels.attrs["key"], "weights": weights,
-                              "loss_scales": scales,
+                              "labels_key": labels.attrs["key"], "weights": weights, "loss_scales": scales,
                               "extra": [{"path": str(e[0].path), "frames": len(e[0]), "sha256": e[0].hash,
-                                         "mean_weight": float(np.mean(e[3]))} for e in extra],
-                              "teacher_prior": teachers.metas[0]["prior"]})
+                                         "mean_weight": float(np.mean(e[3]))} for e in extra]})
     meta["prior"] = teachers.metas[0]["prior"]
     write_model(out, model, meta)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     return meta
 
 
-def test_metrics(model, ds, types, frames, mean, batch_size):
+def test_metrics(model, ds, types, frames, mean, offsets, batch_size):
     """Errors of a student on the given frames: forces against the mapped forces and against the teachers'
-    mean (per bead type), network energy per bead against the teachers', per-bead energies per type."""
+    mean (per bead type), network energy per bead and per-bead energies against the teachers' (per type),
+    the student's energies centred per bead type on its training frames (`offsets`) as the teachers' are."""
     names = np.array(ds.type_names)
     n = len(names)
+    off = np.array([offsets[t] for t in ds.type_names])
     e_err, eps_err = [], []
     for s in range(0, len(frames), batch_size):
         fr = frames[s:s + batch_size]
         t, p, b, bi, _ = batch(ds, fr, types)
         with torch.no_grad():
             eps, _ = model(t, p, b, bi)
-        eps = eps.numpy().reshape(len(fr), n)
+        eps = eps.numpy().reshape(len(fr), n) - off
         e_err.append(eps.sum(axis=1) / n - mean["energy"][fr] / n)
         eps_err.append(eps - mean["eps"][fr])
     e_err, eps_err = np.concatenate(e_err), np.concatenate(eps_err)

@@ -9,11 +9,14 @@ member's eps are centred per bead type on that member's own training frames (eps
 frames and beads of that type; `eps_offsets_kJ_mol` in its metadata, or computed from its training dataset),
 and E is the sum of the centred eps. Only then are members averaged. Forces are unaffected.
 
-The file (HDF5, format cgkd-labels-1) is keyed by the sha256 of the labelled file and of every member's
-model.pt: unchanged inputs reuse it, changed ones get new labels in the cache (<teachers>/labels/), and a
+The file (HDF5, format cgkd-labels-1) holds `forces` (frames, members, beads, 3), `energy` (frames, members),
+`eps` (frames, members, beads) and, for readers outside cgkd, their member means and standard deviations
+(`mean_forces`, `std_forces`, ...). It is keyed by the sha256 of the labelled file, of every member's model.pt
+and of the centring offsets: unchanged inputs reuse it, changed ones get new labels in the cache (<teachers>/labels/), and a
 label file given by path that no longer matches is refused, saying what changed. Work in progress lives in
 <file>.partial (frames done so far), so an interrupted run resumes; the final name appears only when complete.
 """
+import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .dataset import CGDataset
+from .dataset import CGDataset, batch
 from .errors import CgkdError
 from .fileio import file_hash
 from .model import ensemble_members, load_model
@@ -42,18 +45,19 @@ def eps_offsets(model, ds, frames, batch_size=8):
     sums = {t: 0.0 for t in model.type_names if t in set(ds.type_names)}
     for s in range(0, len(frames), batch_size):
         fr = np.asarray(frames[s:s + batch_size])
-        k, n = len(fr), ds.n_beads
+        t_, p, b, bi, _ = batch(ds, fr, types, forces=False)
         with torch.no_grad():
-            eps, _ = model(types.repeat(k), torch.from_numpy(ds.positions[fr].reshape(-1, 3)),
-                           torch.from_numpy(ds.boxes[fr]), torch.arange(k).repeat_interleave(n))
-        eps = eps.reshape(k, n).numpy()
+            eps, _ = model(t_, p, b, bi)
+        eps = eps.reshape(len(fr), ds.n_beads).numpy()
         for t in sums:
             sums[t] += float(eps[:, names == t].sum())
     return {t: sums[t] / (len(frames) * int((names == t).sum())) for t in sums}
 
 
-def label_key(dataset_hash, member_hashes):
-    return hashlib.sha256(json.dumps([dataset_hash, list(member_hashes)]).encode()).hexdigest()
+def label_key(dataset_hash, member_hashes, offsets):
+    """The cache key: format, labelled file, every member's model.pt and its centring offsets."""
+    return hashlib.sha256(json.dumps([FORMAT, dataset_hash, list(member_hashes), offsets],
+                                     sort_keys=True).encode()).hexdigest()
 
 
 class Teachers:
@@ -74,6 +78,10 @@ class Teachers:
         self.onsets = np.asarray(self.metas[0]["pair_onsets_nm"])
         if any(m.type_names != self.model.type_names for m in self.models):
             raise CgkdError(f"{self.path}: members were trained on different bead types")
+        for member, meta in zip(self.members, self.metas):  # one dataset and split, or test frames could leak
+            if (meta["dataset_sha256"], meta["split"]) != (self.metas[0]["dataset_sha256"], self.metas[0]["split"]):
+                raise CgkdError(f"{member}: trained on another dataset or split than {self.members[0]}")
+        self.budget_model = min(self.models, key=lambda m: m.max_num_neighbors)
 
     def check(self, ds):
         """Refuse a dataset the teachers cannot label: unknown bead types, boxes too small for their reach."""
@@ -132,12 +140,16 @@ class Labels:
 
 
 def _stale_reason(attrs, ds, teachers):
+    if attrs.get("format") != FORMAT:
+        return f"it has format {attrs.get('format')}, this cgkd writes {FORMAT}"
     if attrs.get("dataset_sha256") != ds.hash:
         return f"it was made for {attrs.get('dataset')} (sha256 {str(attrs.get('dataset_sha256'))[:12]}), not {ds.path}"
     old = json.loads(attrs.get("member_sha256", "[]"))
     if len(old) != len(teachers.hashes):
         return f"it was made by {len(old)} members, {teachers.path} has {len(teachers.hashes)}"
     changed = [str(teachers.members[k]) for k, (a, b) in enumerate(zip(old, teachers.hashes)) if a != b]
+    if not changed:
+        return "the members' centring offsets (eps_offsets_kJ_mol in their metadata) changed since"
     return f"these members changed since: {', '.join(changed)}"
 
 
@@ -148,26 +160,42 @@ def label(teachers, dataset, out=None, batch_size=8, overwrite=False, progress=T
     teachers = teachers if isinstance(teachers, Teachers) else Teachers(teachers)
     ds = dataset if isinstance(dataset, CGDataset) else CGDataset(dataset, forces=False)
     teachers.check(ds)
-    key = label_key(ds.hash, teachers.hashes)
+    offsets = [teachers.offsets(k, ds) for k in range(len(teachers.models))]
+    key = label_key(ds.hash, teachers.hashes, offsets)
     out = Path(out) if out else teachers.path / "labels" / f"{ds.path.stem}-{key[:16]}.h5"
+    if out.exists():
+        Labels(out)  # refuse a foreign or damaged file before anything is written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "w") as lock:  # one labeller per file; the others wait, then reuse
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _label_locked(teachers, ds, key, offsets, out, batch_size, overwrite, progress)
+
+
+def _partial_key(partial):
+    """The key of a work-in-progress file, or None if it is damaged (a kill during its creation)."""
+    try:
+        with h5py.File(partial, "r") as f:
+            return f.attrs.get("key") if "done" in f else None
+    except OSError:
+        return None
+
+
+def _label_locked(teachers, ds, key, offsets, out, batch_size, overwrite, progress):
     if out.exists():
         labels = Labels(out)
         if labels.attrs["key"] == key:
             return labels, "reused"
         if not overwrite:
-            raise CgkdError(f"{out}: stale labels, {_stale_reason(labels.attrs, ds, teachers)}; pass --overwrite "
-                            "to relabel into this file or leave out --labels to use the cache")
+            raise CgkdError(f"{out}: stale labels, {_stale_reason(labels.attrs, ds, teachers)}; relabel into it "
+                            "with `cgkd label --overwrite --out FILE`, or leave the label file out to use the cache")
     partial = out.with_name(out.name + ".partial")
     status = "new"
     if partial.exists():
-        with h5py.File(partial, "r") as f:
-            if f.attrs.get("key") == key:
-                status = "resumed"
-        if status == "new":
+        if _partial_key(partial) == key:
+            status = "resumed"
+        else:
             partial.unlink()
     m, n, f_total = len(teachers.models), ds.n_beads, len(ds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    offsets = [teachers.offsets(k, ds) for k in range(m)]
     off = np.array([[o[t] for t in ds.type_names] for o in offsets])  # (members, beads)
     with h5py.File(partial, "a") as f:
         if status == "new":
@@ -187,7 +215,7 @@ def label(teachers, dataset, out=None, batch_size=8, overwrite=False, progress=T
                        desc=f"cgkd label {ds.path.name}", unit="batch"):
             k = len(fr)
             for i in fr:
-                teachers.model.check_neighbors(torch.from_numpy(ds.positions[i]), torch.from_numpy(ds.boxes[i]))
+                teachers.budget_model.check_neighbors(torch.from_numpy(ds.positions[i]), torch.from_numpy(ds.boxes[i]))
             p = torch.from_numpy(ds.positions[fr].reshape(-1, 3))
             b, bi = torch.from_numpy(ds.boxes[fr]), torch.arange(k).repeat_interleave(n)
             for j, model in enumerate(teachers.models):

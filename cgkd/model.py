@@ -3,13 +3,18 @@
 Positions and boxes in nm, energies in kJ/mol, periodic boxes always. The total energy is the sum of the
 per-bead energies plus the (fixed) prior energy; forces are -dE/dR by autograd.
 """
+import os
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
+import warp
 from scipy.spatial import cKDTree
-from torchmdnet.models.utils import OptimizedDistance
+
+if not os.environ.get("CGKD_VERBOSE"):  # warp (TorchMD-Net's kernels) logs every kernel it compiles or loads
+    warp.config.log_level = warp.LOG_ERROR
+from torchmdnet.models.utils import OptimizedDistance  # noqa: E402
 
 from .errors import CgkdError
 from .fileio import atomic_path

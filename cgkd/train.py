@@ -18,21 +18,12 @@ from tqdm import tqdm
 from . import __version__, observables
 from .errors import CgkdError
 from .fileio import atomic_path, write_json
-from .dataset import CGDataset
+from .labels import eps_offsets
+from .dataset import CGDataset, batch
 from .model import CGPotential, load_checkpoint, load_model, max_neighbors, pair_onsets, save_checkpoint
 from .priors import BondedPrior, RepulsivePrior, fit_bonded
 
 KB = 0.008314462618  # kJ/mol/K
-
-
-def batch(ds, frames, types, forces=None):
-    """Concatenate frames into one graph batch: (types, positions, boxes per frame, batch index, forces), the
-    forces from `forces` (an array over all frames; default the dataset's mapped forces, None if it has none)."""
-    k, n = len(frames), len(types)
-    forces = ds.forces if forces is None else forces
-    return (types.repeat(k), torch.from_numpy(ds.positions[frames].reshape(-1, 3)),
-            torch.from_numpy(ds.boxes[frames]), torch.arange(k).repeat_interleave(n),
-            None if forces is None else torch.from_numpy(np.asarray(forces[frames], np.float32).reshape(-1, 3)))
 
 
 def force_loss(pred, target, kind):
@@ -85,12 +76,13 @@ def consistency(model, ds, types, frame, h=1e-4, atoms=5):
     return worst
 
 
-def build_model(cfg, ds, split, teacher=None):
+def build_model(cfg, ds, split, teacher=None, frames=None):
     """(RDF onsets per type pair, CGPotential) for the dataset, architecture from cfg (arch, channels, layers,
     rbf, cutoff). Priors: a `teacher`'s, unchanged (students), or new ones: walls at the training frames' RDF
     onsets (none when cfg.prior_epsilon is 0) and bonded terms by Boltzmann inversion. The neighbour budget
-    comes from the densest frame."""
-    half = observables.max_cutoff(ds.boxes)
+    comes from the densest frame of the dataset (or of `frames`: (positions, boxes) of every frame trained on)."""
+    positions, boxes = frames if frames is not None else (ds.positions, ds.boxes)
+    half = observables.max_cutoff(boxes)
     if cfg.cutoff > half:
         raise CgkdError(f"{ds.path}: cutoff {cfg.cutoff} nm is larger than half the box ({half:.3f} nm)")
     lo, hi = split["train"]
@@ -107,7 +99,7 @@ def build_model(cfg, ds, split, teacher=None):
         temperature = cfg.temperature or ds.temperature
         bonded = fit_bonded(ds.positions[lo:hi], ds.boxes[lo:hi], ds.type_names, ds.residues,
                             KB * temperature if temperature else None, where=str(ds.path))
-    budget = max_neighbors(ds.positions, ds.boxes, max(cfg.cutoff, prior.cutoff if prior is not None else 0.0))
+    budget = max_neighbors(positions, boxes, max(cfg.cutoff, prior.cutoff if prior is not None else 0.0))
     model = CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
                         arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
                         molecules=ds.residues if bonded is not None else None,
@@ -128,6 +120,9 @@ def fit(model, cfg, out_dir, seed, data_hash, train_frames, step, validate, scor
     each term, each validation value, lr, seconds) and replaces out_dir/checkpoint.pt; with cfg.resume the
     loop continues exactly from it (batch order is seeded by (seed, epoch)). Leaves the best weights in
     `model` and returns the loop state."""
+    for key in ("epochs", "batch_size", "patience"):
+        if getattr(cfg, key) < 1:
+            raise CgkdError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint.pt"
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -204,8 +199,6 @@ def write_model(out_dir, model, meta):
 
 def train_member(cfg, member_dir, seed, progress=True):
     """Train one model into member_dir by force matching; returns its metadata."""
-    from .labels import eps_offsets
-
     member_dir = Path(member_dir)
     ds = CGDataset(cfg.dataset, frames=slice(0, cfg.max_frames), forces=True)
     split = ds.split(cfg.val_fraction, cfg.test_fraction)
@@ -253,7 +246,6 @@ def train(cfg, progress=True):
     if out.exists() and not cfg.resume and not cfg.overwrite:
         raise CgkdError(f"{out}: output exists; pass --overwrite to replace it or --resume to continue")
     ds = CGDataset(cfg.dataset, frames=slice(0, cfg.max_frames), forces=True)  # bad input fails before any output
-    ds.split(cfg.val_fraction, cfg.test_fraction)
     build_model(cfg, ds, ds.split(cfg.val_fraction, cfg.test_fraction))
     jobs = [(cfg, out / f"member_{k}", cfg.seed + k, 1 if cfg.workers > 1 else None) for k in range(cfg.ensemble)]
     if cfg.workers > 1:

@@ -101,7 +101,12 @@ def test_interrupted_labelling_resumes(cg, teachers, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         label(teachers, cg, out=out, batch_size=4, progress=False)
     monkeypatch.undo()
-    assert not out.exists() and out.with_name(out.name + ".partial").exists()
+    partial = out.with_name(out.name + ".partial")
+    assert not out.exists() and partial.exists()
+    import h5py
+
+    with h5py.File(partial, "r") as f:
+        assert f["done"][:].sum() == 8  # two batches of 4 done when interrupted; the resume labels the last 2
     labels, status = label(teachers, cg, out=out, batch_size=4, progress=False)
     assert status == "resumed"
     ref, _ = label(teachers, cg, out=tmp_path / "ref.h5", batch_size=4, progress=False)
@@ -141,8 +146,11 @@ def test_distill_resume_continues_exactly_and_the_student_runs_in_openmm(cg, tea
     distill(student_cfg(cg, teachers, tmp_path / "full", epochs=3, **kw), progress=False)
     part = student_cfg(cg, teachers, tmp_path / "part", epochs=2, **kw)
     distill(part, progress=False)
+    assert load_checkpoint(tmp_path / "part" / "checkpoint.pt")["state"]["epoch"] == 2
+    before = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
     distill(config.DistillConfig(**{**vars(part), "epochs": 3, "resume": True}), progress=False)
     rows = [(tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("full", "part")]
+    assert rows[1][:3] == before  # the first two epochs (timings included) were kept, not redone
     assert rows[0][0] == rows[1][0] and len(rows[1]) == 4
     values = [np.array([[float(x) for x in r.split(",")[:-1]] for r in rr[1:]]) for rr in rows]  # not seconds
     assert np.allclose(values[0], values[1], rtol=1e-5)
@@ -177,7 +185,13 @@ def test_extra_frames_join_training_with_agreement_weights(cg, teachers, tmp_pat
     meta = distill(student_cfg(cg, teachers, tmp_path / "x", epochs=1, extra=str(extra),
                                extra_weighting="agreement"), progress=False)
     info = meta["distillation"]["extra"][0]
-    assert info["frames"] == 6 and 0 < info["mean_weight"] <= 1
+    assert info["frames"] == 6
+    # Weights by the formula: min(1, (s_ref / s)^2), s the RMS force std across members of a frame.
+    ref = label(teachers, cg, progress=False)[0].mean()["force_std"][slice(*meta["split"]["train"])]
+    std = Labels(next((teachers / "labels").glob("extra-*.h5"))).mean()["force_std"]
+    s = np.sqrt((std ** 2).mean(axis=(1, 2)))
+    expected = np.minimum(1.0, np.sqrt((ref ** 2).mean()) ** 2 / s ** 2)
+    assert info["mean_weight"] == pytest.approx(expected.mean(), rel=1e-5) and expected.min() < 1
     assert Labels(next((teachers / "labels").glob("extra-*.h5"))).forces.shape[:2] == (6, 2)
 
 

@@ -1,0 +1,341 @@
+"""`cgkd study`: the distillation ablation as independent jobs run by submitit.
+
+For every variant (a set of `cgkd distill` settings) and seed it distils a student, runs CG simulations of it
+(default replicas and stress runs: larger timesteps, a higher temperature) and compares the default replicas
+with the AA reference; reference rows (a teacher member, the whole ensemble) skip the distillation. The AA
+reference's first half against its second half gives the noise floor. Phases run in order (noise floor and
+models, then simulations, then comparisons); inside a phase every task is independent. Each task writes its
+output under <out>/ and is skipped once finished (a re-run only does what is left; interrupted distillations
+and simulations resume from their checkpoints). Local execution runs `workers` submitit jobs at a time, each
+working through its share of the tasks; `executor: slurm` submits one job per task with the YAML's `slurm`
+settings. The results are gathered in <out>/ablation.json (see `aggregate`).
+"""
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import config
+from .errors import CgkdError
+from .fileio import write_json
+
+PHASES = ("models", "runs", "compare")
+
+
+@dataclass
+class StudyConfig:
+    dataset: Optional[str] = None     # the AA reference CG dataset (the teachers' training data)
+    teachers: Optional[str] = None    # teacher ensemble folder (member_*) every variant distils from
+    out: str = "runs/study"           # study folder: models/, runs/, compare/, ablation.json
+    executor: str = "local"           # local (submitit's local processes) | slurm
+    workers: int = 2                  # local: jobs at once (one thread each)
+    seeds: list = field(default_factory=lambda: [1, 2, 3])
+    student: dict = field(default_factory=dict)      # DistillConfig keys shared by every variant
+    variants: dict = field(default_factory=dict)     # name: DistillConfig keys; members: per-seed picks member seed-1
+    references: dict = field(default_factory=dict)   # name: {model: teacher | ensemble, steps: ...}
+    extra: dict = field(default_factory=dict)        # perturbed frames for `extra: perturbed`: {sigma_nm, copies}
+    simulate: dict = field(default_factory=dict)     # SimConfig keys of the default runs (replicas, steps, dt_fs, ...)
+    stress: dict = field(default_factory=dict)       # {timesteps: [fs], temperature: K, steps: n}
+    compare: dict = field(default_factory=dict)      # CompareSettings keys (stride, blocks, n_bins)
+    slurm: dict = field(default_factory=dict)        # submitit slurm parameters (partition, timeout_min, gpus_per_node)
+
+
+def slug(name):
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+
+
+@dataclass
+class Task:
+    """One independent job: `kind` (distill, simulate, compare, floor), its output folder and its settings."""
+    kind: str
+    out: str
+    settings: dict
+
+    def done(self):
+        marker = {"distill": "metadata.json", "simulate": "summary.json", "compare": "results.json",
+                  "floor": "results.json"}[self.kind]
+        if self.kind == "simulate":
+            f = Path(self.out) / marker
+            return f.exists() and _finished(json.loads(f.read_text()), self.settings["steps"])
+        return (Path(self.out) / marker).exists()
+
+    def run(self):
+        out = Path(self.out)
+        if self.kind == "distill":
+            from .distill import distill
+
+            distill(config.DistillConfig(**self.settings, out=str(out), resume=out.exists()), progress=False)
+        elif self.kind == "simulate":
+            from .simulate import simulate
+
+            resume = (out / "config.yaml").exists()
+            cfg = config.SimConfig(**self.settings, out=str(out), resume=resume, overwrite=not resume)
+            try:
+                simulate(cfg, progress=False)
+            except CgkdError as e:  # a run that cannot start (e.g. NaN at step 0) is a failed replica
+                write_json(out / "summary.json", {"replicas": [{"stable": False, "failed_check": "start",
+                                                                "detail": str(e), "time_to_failure_ps": 0.0,
+                                                                "steps": 0}], "fraction_stable": 0.0})
+        else:
+            from .report import CompareSettings, compare
+
+            s = self.settings
+            if not s["models"]:
+                write_json(out / "results.json", {"scores": {}, "note": "no trajectory long enough to compare"})
+                return
+            compare(s["reference"], s["models"], out, CompareSettings(**s.get("compare", {})), progress=False)
+
+
+def _finished(summary, steps):
+    reps = summary.get("replicas", [])
+    return bool(reps) and all((not r["stable"]) or r["steps"] >= steps for r in reps)
+
+
+def run_tasks(tasks, threads=1):
+    """What one submitit job does: its tasks in turn, skipping finished ones."""
+    import torch
+
+    torch.set_num_threads(threads)
+    for t in tasks:
+        if not t.done():
+            t.run()
+    return len(tasks)
+
+
+class Study:
+    """The tasks of a StudyConfig, phase by phase, and their execution through submitit."""
+
+    def __init__(self, cfg):
+        for key in ("dataset", "teachers"):
+            if getattr(cfg, key) is None:
+                raise CgkdError(f"cgkd study: `{key}` is required (in the YAML or as --{key})")
+        if cfg.executor not in ("local", "slurm"):
+            raise CgkdError(f"cgkd study: executor must be local or slurm, got {cfg.executor!r}")
+        if not cfg.variants and not cfg.references:
+            raise CgkdError("cgkd study: no variants and no references to run")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        from .model import ensemble_members
+
+        self.members = ensemble_members(cfg.teachers)
+        self.models = {}  # (row name, seed) -> model folder
+        for name, v in cfg.variants.items():
+            for seed in cfg.seeds:
+                self.models[(name, seed)] = str(self.out / "models" / slug(name) / f"seed_{seed}")
+        for name, ref in cfg.references.items():
+            kind = ref.get("model", "teacher")
+            for seed in (cfg.seeds if kind == "teacher" else cfg.seeds[:1]):
+                self.models[(name, seed)] = str(self.members[(seed - 1) % len(self.members)] if kind == "teacher"
+                                                 else cfg.teachers)
+
+    def _distill_settings(self, name, seed):
+        v = dict(self.cfg.variants[name])
+        if v.get("members") == "per-seed":  # one teacher: a different member for each seed
+            v["members"] = str((seed - 1) % len(self.members))
+        if v.get("extra") == "perturbed":
+            v["extra"] = str(self.out / "extra" / "perturbed.h5")
+        return {**self.cfg.student, **v, "dataset": self.cfg.dataset, "teachers": self.cfg.teachers, "seed": seed}
+
+    def tasks(self, phase):
+        c = self.cfg
+        if phase == "models":
+            return [Task("distill", self.models[(n, s)], self._distill_settings(n, s))
+                    for (n, s) in self.models if n in c.variants]
+        runs = []
+        for (name, seed), model in self.models.items():
+            base = {**c.simulate, **c.references.get(name, {}).get("simulate", {}), "model": model, "start": c.dataset,
+                    "threads": 1}
+            base.pop("replicas", None)
+            folder = self.out / "runs" / slug(name) / f"seed_{seed}"
+            reps = c.references.get(name, {}).get("replicas", c.simulate.get("replicas", 3))
+            for k in range(reps):
+                runs.append(Task("simulate", str(folder / f"replica_{k}"), {**base, "seed": 1000 * seed + k}))
+            stress = c.stress
+            for dt in stress.get("timesteps", []):
+                runs.append(Task("simulate", str(folder / f"dt{dt:g}"), {**base, "seed": 1000 * seed, "dt_fs": dt,
+                                                                         "steps": stress.get("steps", base["steps"])}))
+            if stress.get("temperature"):
+                runs.append(Task("simulate", str(folder / f"T{stress['temperature']:g}"),
+                                 {**base, "seed": 1000 * seed, "temperature": stress["temperature"],
+                                  "steps": stress.get("steps", base["steps"])}))
+        if phase == "runs":
+            return runs
+        out = [Task("floor", str(self.out / "compare" / "noise_floor"), {
+            "reference": str(self.out / "extra" / "aa_first_half.h5"),
+            "models": {"AA second half": [str(self.out / "extra" / "aa_second_half.h5")]},
+            "compare": c.compare})]
+        for (name, seed) in self.models:
+            folder = self.out / "runs" / slug(name) / f"seed_{seed}"
+            trajs = [str(t) for t in sorted(folder.glob("replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
+            out.append(Task("compare", str(self.out / "compare" / slug(name) / f"seed_{seed}"),
+                            {"reference": c.dataset, "models": {name: trajs} if trajs else {},
+                             "compare": c.compare}))
+        return out
+
+    def prepare(self, progress=True):
+        """Inputs every phase needs, made once in this process: the teachers' labels of the dataset (and of the
+        perturbed extra frames), the AA halves for the noise floor."""
+        from .dataset import CGDataset
+        from .labels import label
+
+        extra = self.out / "extra"
+        if (extra / "aa_second_half.h5").exists():
+            return
+        extra.mkdir(parents=True, exist_ok=True)
+        ds = CGDataset(self.cfg.dataset)
+        n = len(ds)
+        write_frames(extra / "aa_first_half.h5", ds, np.arange(n // 2))
+        if any(v.get("extra") == "perturbed" for v in self.cfg.variants.values()):
+            from .model import ensemble_members
+
+            meta = json.loads((ensemble_members(self.cfg.teachers)[0] / "metadata.json").read_text())
+            train = np.arange(*meta["split"]["train"])  # never perturb validation or test frames
+            rng = np.random.default_rng(self.cfg.extra.get("seed", 1))
+            copies = int(self.cfg.extra.get("copies", 1))
+            frames = np.tile(train, copies)
+            noise = rng.normal(scale=float(self.cfg.extra.get("sigma_nm", 0.02)),
+                               size=(len(frames), ds.n_beads, 3)).astype(np.float32)
+            write_frames(extra / "perturbed.h5", ds, frames, noise)
+            label(self.cfg.teachers, extra / "perturbed.h5", progress=progress)
+        if self.cfg.variants:
+            label(self.cfg.teachers, ds, progress=progress)
+        write_frames(extra / "aa_second_half.h5", ds, np.arange(n // 2, n))  # last: marks `prepare` complete
+
+    def executor(self):
+        import submitit
+
+        folder = self.out / "jobs"
+        if self.cfg.executor == "slurm":
+            ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+            ex.update_parameters(**{"timeout_min": 240, "cpus_per_task": 1, **self.cfg.slurm})
+        else:
+            ex = submitit.LocalExecutor(folder=folder)
+            ex.update_parameters(timeout_min=int(self.cfg.slurm.get("timeout_min", 7 * 24 * 60)))
+        return ex
+
+    def run_phase(self, phase, progress=True, poll=5.0):
+        tasks = [t for t in self.tasks(phase) if not t.done()]
+        total = len(self.tasks(phase))
+        if progress:
+            print(f"cgkd study: {phase}: {total - len(tasks)} done, {len(tasks)} to run", flush=True)
+        if not tasks:
+            return
+        if self.cfg.executor == "slurm":
+            groups = [[t] for t in tasks]
+        else:
+            groups = [tasks[k::self.cfg.workers] for k in range(min(self.cfg.workers, len(tasks)))]
+        ex = self.executor()
+        with ex.batch():
+            jobs = [ex.submit(run_tasks, g) for g in groups]
+        last = None
+        while not all(j.done() for j in jobs):
+            done = sum(t.done() for t in tasks)
+            state = (done, sum(not j.done() for j in jobs))
+            if progress and state != last:
+                print(f"cgkd study: {phase}: {total - len(tasks) + done}/{total} done, {state[1]} job(s) running, "
+                      f"{len(tasks) - done} left", flush=True)
+                last = state
+            time.sleep(poll)
+        for j in jobs:
+            try:
+                j.result()
+            except Exception as e:  # submitit re-raises the job's error with its traceback as text
+                raise CgkdError(f"cgkd study: a {phase} job failed; its log is in {self.out / 'jobs'}:\n{e}") from None
+
+    def run(self, progress=True):
+        self.prepare(progress)
+        for phase in PHASES:
+            self.run_phase(phase, progress)
+        return aggregate(self)
+
+
+def _frames(path):
+    from .h5md import H5MDTrajectory
+
+    try:
+        with H5MDTrajectory(path) as t:
+            return len(t)
+    except CgkdError:
+        return 0
+
+
+def write_frames(path, ds, frames, noise=None):
+    """A CG dataset file holding the given frames of `ds` (positions optionally displaced by `noise`)."""
+    from .h5md import H5MDWriter
+
+    pos = ds.positions[frames] + (noise if noise is not None else 0.0)
+    w = H5MDWriter.create(path, ds.n_beads, group="cg", fields=("position",), masses=ds.masses,
+                          dtype={"position": np.float32})
+    w.extend(np.arange(len(frames)), ds.times[frames], ds.boxes[frames], position=pos)
+    g = w.cgkd
+    g.create_dataset("bead_types", data=ds.type_names)
+    g.create_dataset("residue_ids", data=ds.residues)
+    g.create_dataset("residue_names", data=ds.residue_names)
+    if ds.temperature is not None:
+        g.attrs["temperature_K"] = ds.temperature
+    g.attrs["source"] = str(ds.path)
+    w.close()
+
+
+def _run_summary(folder):
+    f = Path(folder) / "summary.json"
+    if not f.exists():
+        return None
+    r = json.loads(f.read_text())["replicas"][0]
+    return {"stable": r["stable"], "time_ps": r.get("time_ps"), "ns_per_day": r.get("ns_per_day"),
+            "failed_check": r.get("failed_check"), "time_to_failure_ps": r.get("time_to_failure_ps")}
+
+
+def aggregate(study):
+    """ablation.json: per row (variant or reference) a list with one entry per seed: test metrics, scores
+    (RDF error per pair and mean, ADF/CDF Jensen-Shannon, diffusion), stability (default and stress runs) and
+    speed; plus the AA noise floor."""
+    out = study.out
+    rows, aa_diffusion = {}, None
+    for (name, seed), model in study.models.items():
+        entry = {"seed": seed, "model": model}
+        meta_file = Path(model) / "metadata.json"
+        if meta_file.exists():
+            m = json.loads(meta_file.read_text())["metrics"]["test"]
+            entry["test"] = {k: (v["all"] if isinstance(v, dict) and "all" in v else v) for k, v in m.items()}
+        folder = out / "runs" / slug(name) / f"seed_{seed}"
+        default = [s for s in (_run_summary(p) for p in sorted(folder.glob("replica_*"))) if s]
+        entry["replicas"] = default
+        entry["stable_fraction"] = float(np.mean([r["stable"] for r in default])) if default else None
+        entry["stress"] = {p.name: _run_summary(p) for p in sorted(folder.iterdir()) if p.is_dir()
+                           and not p.name.startswith("replica_")} if folder.exists() else {}
+        speeds = [r["ns_per_day"] for r in default if r["ns_per_day"]]
+        entry["ns_per_day"] = float(np.mean(speeds)) if speeds else None
+        res = out / "compare" / slug(name) / f"seed_{seed}" / "results.json"
+        if res.exists():
+            r = json.loads(res.read_text())
+            scores = r.get("scores", {}).get(name, {})
+            entry["scores"] = {k: v["mean"] for k, v in scores.items()}
+            for kind in ("rdf", "adf", "cdf"):
+                vals = [v["mean"] for k, v in scores.items() if k.startswith(kind + " ")]
+                entry[f"{kind}_error_mean" if kind == "rdf" else f"{kind}_js_mean"] = float(np.mean(vals)) if vals else None
+            d = r.get("diffusion_nm2_per_ps", {})
+            aa_diffusion = d.get("reference", aa_diffusion)
+            if name in d:
+                entry["diffusion_nm2_per_ps"] = d[name]
+                entry["time_rescaling_D_cg_over_aa"] = {t: d[name][t] / d["reference"][t] for t in d["reference"]}
+        rows.setdefault(name, []).append(entry)
+    floor = {}
+    f = out / "compare" / "noise_floor" / "results.json"
+    if f.exists():
+        scores = json.loads(f.read_text())["scores"].get("AA second half", {})
+        floor = {k: v["mean"] for k, v in scores.items()}
+    result = {"config": dataclasses.asdict(study.cfg),
+              "variants": {k: v for k, v in rows.items() if k in study.cfg.variants},
+              "references": {k: v for k, v in rows.items() if k in study.cfg.references},
+              "noise_floor": floor, "aa_diffusion_nm2_per_ps": aa_diffusion}
+    write_json(out / "ablation.json", result)
+    return result
+
+
+def load(path=None, **overrides):
+    return config.load(StudyConfig, path, **overrides)

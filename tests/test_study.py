@@ -1,0 +1,67 @@
+"""`cgkd study` end to end at toy scale through submitit's local executor, and a re-run that skips finished jobs."""
+import json
+
+import numpy as np
+import yaml
+
+from cgkd import config
+from cgkd.cli import main
+from cgkd.dataset import CGDataset
+from cgkd.h5md import H5MDWriter
+from cgkd.train import train
+
+from .conftest import FAST
+from .test_distill import STUDENT
+
+
+def longer_dataset(cg, path, copies=3):
+    """The small dataset's frames repeated with small displacements (30 frames: halves long enough for MSDs)."""
+    ds = CGDataset(cg)
+    rng = np.random.default_rng(0)
+    pos = np.concatenate([ds.positions + rng.normal(scale=0.005, size=ds.positions.shape) for _ in range(copies)])
+    n = len(pos)
+    w = H5MDWriter.create(path, ds.n_beads, group="cg", masses=ds.masses,
+                          dtype={"position": np.float32, "force": np.float32})
+    w.extend(np.arange(n), np.arange(n) * float(ds.times[1] - ds.times[0]), np.concatenate([ds.boxes] * copies),
+             position=pos, force=np.concatenate([ds.forces] * copies))
+    for key, value in (("bead_types", ds.type_names), ("residue_ids", ds.residues),
+                       ("residue_names", ds.residue_names)):
+        w.cgkd.create_dataset(key, data=value)
+    w.cgkd.attrs["temperature_K"] = ds.temperature
+    w.close()
+    return str(path)
+
+
+def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path, capsys):
+    data = longer_dataset(cg, tmp_path / "data.h5")
+    teachers = tmp_path / "teachers"
+    train(config.TrainConfig(dataset=data, out=str(teachers), ensemble=2, **{**FAST, "epochs": 1}), progress=False)
+    out = tmp_path / "study"
+    spec = {"dataset": data, "teachers": str(teachers), "out": str(out), "workers": 2, "seeds": [1],
+            "student": {**STUDENT, "epochs": 1},
+            "variants": {"FM": {"w_mapped": 1.0, "w_forces": 0.0}, "KD-1 {f}": {"members": "per-seed"}},
+            "references": {"teacher": {"model": "teacher", "replicas": 1}},
+            "simulate": {"steps": 160, "report": 10, "dt_fs": 4.0, "replicas": 2, "checkpoint_every": 4},
+            "stress": {"timesteps": [20.0], "steps": 40},
+            "compare": {"n_bins": 40, "blocks": 2, "fit_window": [0.0, 1.0]}}
+    f = tmp_path / "ablation.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    assert main(["study", "--config", str(f)]) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    assert set(result["variants"]) == {"FM", "KD-1 {f}"} and set(result["references"]) == {"teacher"}
+    for name, seeds in result["variants"].items():
+        entry = seeds[0]
+        assert entry["seed"] == 1 and len(entry["replicas"]) == 2 and entry["stable_fraction"] is not None
+        assert entry["rdf_error_mean"] > 0 and "dt20" in entry["stress"] and "forces_vs_teachers" in entry["test"]
+    from cgkd.study import slug
+
+    meta = json.loads((out / "models" / slug("KD-1 {f}") / "seed_1" / "metadata.json").read_text())
+    assert meta["distillation"]["used_members"] == [0]
+    assert result["noise_floor"] and all(v >= 0 for v in result["noise_floor"].values())
+    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
+    assert main(["study", "--config", str(f)]) == 0
+    printed = capsys.readouterr().out
+    for phase, n in (("models", 2), ("runs", 8), ("compare", 4)):
+        assert f"{phase}: {n} done, 0 to run" in printed
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
