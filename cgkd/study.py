@@ -36,7 +36,7 @@ class StudyConfig:
     seeds: list = field(default_factory=lambda: [1, 2, 3])
     student: dict = field(default_factory=dict)      # DistillConfig keys shared by every variant
     variants: dict = field(default_factory=dict)     # name: DistillConfig keys; members: per-seed picks member seed-1
-    references: dict = field(default_factory=dict)   # name: {model: teacher | ensemble, steps: ...}
+    references: dict = field(default_factory=dict)   # name: {model: teacher | ensemble, replicas, simulate, stress}
     extra: dict = field(default_factory=dict)        # perturbed frames for `extra: perturbed`: {sigma_nm, copies}
     simulate: dict = field(default_factory=dict)     # SimConfig keys of the default runs (replicas, steps, dt_fs, ...)
     stress: dict = field(default_factory=dict)       # {timesteps: [fs], temperature: K, steps: n}
@@ -154,7 +154,7 @@ class Study:
             reps = c.references.get(name, {}).get("replicas", c.simulate.get("replicas", 3))
             for k in range(reps):
                 runs.append(Task("simulate", str(folder / f"replica_{k}"), {**base, "seed": 1000 * seed + k}))
-            stress = c.stress
+            stress = c.references.get(name, {}).get("stress", c.stress)
             for dt in stress.get("timesteps", []):
                 runs.append(Task("simulate", str(folder / f"dt{dt:g}"), {**base, "seed": 1000 * seed, "dt_fs": dt,
                                                                          "steps": stress.get("steps", base["steps"])}))
