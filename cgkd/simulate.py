@@ -37,9 +37,22 @@ LOG_COLUMNS = ["step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "total_k
                "closest_pair_over_floor", "speed_ns_day"]
 
 
+def whole_molecules(topology, positions):
+    """Positions (nm) with every molecule (residue) made whole: each bead at the minimum image of its
+    molecule's first bead (orthorhombic box), so copies of the box can be tiled without breaking bonds."""
+    edge = np.diag(np.array(topology.getPeriodicBoxVectors().value_in_unit(u.nanometer)))
+    out = np.array(positions, dtype=np.float64)
+    for res in topology.residues():
+        idx = [a.index for a in res.atoms()]
+        d = out[idx] - out[idx[0]]
+        out[idx] = out[idx[0]] + d - np.round(d / edge) * edge
+    return out
+
+
 def replicate(topology, positions, k):
-    """The periodic box tiled k x k x k times: (topology, positions (N k^3, 3) nm)."""
+    """The periodic box tiled k x k x k times, molecules whole: (topology, positions (N k^3, 3) nm)."""
     box = np.array(topology.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+    positions = whole_molecules(topology, positions)
     shifts = [np.array([a, b, c]) @ box for a in range(k) for b in range(k) for c in range(k)]
     top = app.Topology()
     chain = top.addChain()
