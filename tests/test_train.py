@@ -11,7 +11,7 @@ from cgkd import CgkdError, config, mapping, readers
 from cgkd.export import export, torch_force
 from cgkd.h5md import H5MDTrajectory, H5MDWriter
 from cgkd.systems import SYSTEMS_DIR
-from cgkd.model import load_model
+from cgkd.model import load_checkpoint, load_model
 from cgkd.train import train
 
 from .conftest import FAST
@@ -37,8 +37,11 @@ def test_resume_continues_exactly(cg, tmp_path):
     train(full, progress=False)
     part = config.TrainConfig(dataset=cg, out=str(tmp_path / "part"), **{**FAST, "epochs": 2})
     train(part, progress=False)
+    assert load_checkpoint(tmp_path / "part" / "member_0" / "checkpoint.pt")["state"]["epoch"] == 2
+    before = (tmp_path / "part" / "member_0" / "metrics.csv").read_text().splitlines()
     train(config.TrainConfig(**{**vars(part), "epochs": 3, "resume": True}), progress=False)
     rows = [(tmp_path / d / "member_0" / "metrics.csv").read_text().splitlines() for d in ("full", "part")]
+    assert rows[1][:3] == before  # epochs 1-2 kept as written (timings included): continued, not redone
     losses = [[float(r.split(",")[1]) for r in rr[1:]] for rr in rows]
     assert len(losses[1]) == 3 and np.allclose(losses[0], losses[1], rtol=1e-6)
 
