@@ -73,6 +73,7 @@ class FitConfig:
     channels: int = 32                # hidden channels of the representation
     layers: int = 1                   # interaction layers
     rbf: int = 16                     # radial basis functions
+    rbf_type: str = "gauss"           # gauss (evenly spaced, right for nm) | expnorm (TorchMD-Net's default, tuned for Angstrom)
     cutoff: float = 1.0               # nm, the network's neighbour cutoff
     epochs: int = 100                 # at most this many epochs
     batch_size: int = 8               # frames per mini-batch

@@ -38,18 +38,26 @@ def max_neighbors(positions, boxes, cutoff, margin=1.2, extra=8):
 
 
 class CGPotential(torch.nn.Module):
-    """A TorchMD-Net CG potential with a per-bead energy head and a fixed prior."""
+    """A TorchMD-Net CG potential with a per-bead energy head and a fixed prior.
+
+    rbf_type: TorchMD-Net's "expnorm" radial basis places its centres for distances in Angstrom (for a cutoff
+    of c its centres sit below ~c/7); with nm and cutoffs near 1 they all fall below 0.1 nm, so every bead
+    pair sees an (almost) zero radial feature. "gauss" spaces the centres evenly up to the cutoff and is the
+    default for new models; "expnorm" is kept so that models trained with it load unchanged."""
 
     def __init__(self, type_names, cutoff=1.0, channels=32, layers=1, rbf=16, arch="tensornet",
                  max_num_neighbors=64, prior=None, bonded=None, molecules=None, bead_types=None,
-                 dtype=torch.float32):
+                 dtype=torch.float32, rbf_type="expnorm"):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise CgkdError(f"model: arch must be one of {ARCHITECTURES}, got {arch!r}")
+        if rbf_type not in ("gauss", "expnorm"):
+            raise CgkdError(f"model: rbf_type must be gauss or expnorm, got {rbf_type!r}")
         self.type_names = list(type_names)
         self.hparams = dict(type_names=self.type_names, cutoff=cutoff, channels=channels, layers=layers, rbf=rbf,
-                            arch=arch, max_num_neighbors=max_num_neighbors)
-        common = dict(hidden_channels=channels, num_layers=layers, num_rbf=rbf, cutoff_lower=0.0, cutoff_upper=float(cutoff),
+                            arch=arch, max_num_neighbors=max_num_neighbors, rbf_type=rbf_type)
+        common = dict(hidden_channels=channels, num_layers=layers, num_rbf=rbf, rbf_type=rbf_type,
+                      cutoff_lower=0.0, cutoff_upper=float(cutoff),
                       max_num_neighbors=max_num_neighbors, max_z=len(self.type_names), dtype=dtype)
         if arch == "tensornet":
             from torchmdnet.models.tensornet import TensorNet

@@ -101,7 +101,7 @@ def build_model(cfg, ds, split, teacher=None, frames=None):
                             KB * temperature if temperature else None, where=str(ds.path))
     budget = max_neighbors(positions, boxes, max(cfg.cutoff, prior.cutoff if prior is not None else 0.0))
     model = CGPotential(names, cutoff=cfg.cutoff, channels=cfg.channels, layers=cfg.layers, rbf=cfg.rbf,
-                        arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
+                        rbf_type=cfg.rbf_type, arch=cfg.arch, max_num_neighbors=budget, prior=prior, bonded=bonded,
                         molecules=ds.residues if bonded is not None else None,
                         bead_types=ds.type_names if bonded is not None else None)
     return np.asarray(onsets), model
