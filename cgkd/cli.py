@@ -128,8 +128,13 @@ def cmd_label(args):
     labels, status = label(cfg.teachers, cfg.dataset, cfg.out, cfg.batch_size, cfg.overwrite)
     print(f"{'reused' if status == 'reused' else 'wrote'} {labels.path}: {labels.forces.shape[0]} frames x "
           f"{labels.forces.shape[1]} members")
+    types = json.loads(labels.attrs["type_names"])
     print("ensemble force std (RMS per bead type, kJ/mol/nm): " + ", ".join(
-        f"{t} {v:.1f}" for t, v in labels.uncertainty(json.loads(labels.attrs["type_names"])).items()))
+        f"{t} {v:.1f}" for t, v in labels.uncertainty(types).items()))
+    if labels.forces.shape[1] > 1:
+        from .labels import plot_uncertainty
+
+        print(f"histogram: {plot_uncertainty(labels, types, labels.path.with_suffix('.uncertainty.png'))}")
 
 
 def cmd_distill(args):

@@ -139,6 +139,28 @@ class Labels:
         return {t: float(np.sqrt((std[:, names == t] ** 2).mean())) for t in sorted(set(type_names))}
 
 
+def plot_uncertainty(labels, type_names, path):
+    """Histogram per bead type of the members' force standard deviation (norm over components, every frame and
+    bead), the ensemble's disagreement, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    std = np.linalg.norm(labels.forces.std(axis=1), axis=-1)  # (frames, beads)
+    names = np.array(type_names)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in sorted(set(type_names)):
+        ax.hist(std[:, names == t].ravel(), bins=60, histtype="step", density=True, label=t)
+    ax.set(xlabel="|std of member forces| (kJ/mol/nm)", ylabel="probability density",
+           title=f"Teacher disagreement, {labels.forces.shape[1]} members, {labels.forces.shape[0]} frames")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _stale_reason(attrs, ds, teachers):
     if attrs.get("format") != FORMAT:
         return f"it has format {attrs.get('format')}, this cgkd writes {FORMAT}"

@@ -58,11 +58,15 @@ def test_labels_equal_each_member_and_are_centred(cg, teachers):
     assert np.allclose(labels.mean([1])["forces"], labels.forces[:, 1])
     unc = labels.uncertainty(ds.type_names)
     assert set(unc) == {"CHO", "CL", "EGL"} and all(v > 0 for v in unc.values())
+    cho = np.array(ds.type_names) == "CHO"
+    assert unc["CHO"] == pytest.approx(np.sqrt(((labels.forces[:, 0] - labels.forces[:, 1])[:, cho] ** 2).mean()) / 2)
 
 
 def test_labels_reused_when_unchanged_and_refused_when_stale(cg, teachers, tmp_path):
     first, _ = label(teachers, cg, progress=False)
     mtime = first.path.stat().st_mtime_ns
+    assert main(["label", "--teachers", str(teachers), "--dataset", cg]) == 0  # the CLI reuses them too
+    assert first.path.with_suffix(".uncertainty.png").stat().st_size > 0
     again, status = label(teachers, cg, progress=False)
     assert status == "reused" and again.path == first.path and first.path.stat().st_mtime_ns == mtime
     # A changed member: the cache gets a new file; the old file named explicitly is refused, saying why.
