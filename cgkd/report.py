@@ -63,8 +63,10 @@ def _observe(tr, s, cutoffs, frames):
 
 
 def _diffusion(tr, s, frames=slice(None)):
+    """(lags ps, MSD per type, D per type nm^2/ps, fit window (t0, t1) ps)."""
     lags, m = obs.msd(tr.unwrap()[frames], tr.dt, tr.types)
-    return lags, m, {t: obs.diffusion(lags, v, s.fit_window)[0] for t, v in m.items()}
+    fits = {t: obs.diffusion(lags, v, s.fit_window) for t, v in m.items()}
+    return lags, m, {t: f[0] for t, f in fits.items()}, next(iter(fits.values()))[1]
 
 
 def _scores(o, ref, D, D_ref):
@@ -131,7 +133,8 @@ def compare(reference, models, out, settings=None, progress=True):
     meta = {"reference": str(reference), "models": {k: [str(p) for p in v] for k, v in models.items()},
             "r_max_nm": s.r_max, "shell_cutoffs_nm": {f"{a}-{b}": c for (a, b), c in cutoffs.items()},
             "diffusion_nm2_per_ps": {"reference": ref_diff[2], **{n: c[1][2] for n, c in curves.items() if n != "reference"}},
-            "fit_window_ps": [s.fit_window[0] * ref_diff[0][-1], s.fit_window[1] * ref_diff[0][-1]]}
+            "fit_window_ps": [s.fit_window[0] * ref_diff[0][-1], s.fit_window[1] * ref_diff[0][-1]],
+            "fit_windows_ps": {"reference": ref_diff[3], **{n: c[1][3] for n, c in curves.items() if n != "reference"}}}
     write_json(out / "results.json", {"scores": results, **_jsonable(meta)})
     plots = plot_all(curves, out)
     (out / "report.md").write_text(markdown(results, meta, plots))
@@ -210,11 +213,15 @@ def plot_all(curves, out):
     types = list(curves["reference"][1][1])
     fig, axes = grid(len(types))
     for ax, ty in zip(axes, types):
-        for name, (_, (lags, m, D)) in curves.items():
-            ax.plot(lags, m[ty], color=colors[name], ls="-" if name == "reference" else "--",
-                    label=f"{name}: D = {D[ty]:.2e} nm²/ps")
+        ends = []
+        for name, (_, (lags, m, D, window)) in curves.items():
+            ax.plot(lags[1:], m[ty][1:], color=colors[name], ls="-" if name == "reference" else "--",
+                    label=f"{name}: D = {D[ty]:.2e} nm²/ps (fit {window[0]:.3g}–{window[1]:.3g} ps)")
+            ends.append(m[ty][-1])
+        if max(ends) > 10 * max(min(ends), 1e-12):  # CG dynamics can run orders of magnitude faster than AA
+            ax.set(xscale="log", yscale="log")
         ax.set(title=ty, xlabel="lag time (ps)", ylabel="MSD (nm²)")
-        ax.legend(frameon=False, fontsize=8)
+        ax.legend(frameon=False, fontsize=7)
     files.append(_save(fig, out / "msd.png"))
     return files
 
@@ -249,6 +256,7 @@ def markdown(results, meta, plots):
         lines.append(f"| {k} | " + " | ".join(cell(results[n][k]) for n in names) + " |")
     lines += ["", "Diffusion coefficients (nm²/ps):", ""]
     for n, d in meta["diffusion_nm2_per_ps"].items():
-        lines.append(f"- {n}: " + ", ".join(f"{t} {v:.3e}" for t, v in d.items()))
+        w = meta["fit_windows_ps"][n]
+        lines.append(f"- {n}: " + ", ".join(f"{t} {v:.3e}" for t, v in d.items()) + f" (fit {w[0]:.3g}–{w[1]:.3g} ps)")
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
