@@ -171,17 +171,18 @@ def cmd_export(args):
     from .export import export
     from .model import load_ensemble
 
-    src = Path(args.model)
+    cfg = _config(config.ExportConfig, args)
+    if not cfg.model or not cfg.topology:
+        raise CgkdError("cgkd export: --model (a model or ensemble folder) and --topology (a CG dataset or "
+                        "trajectory giving the bead types) are required")
+    src = Path(cfg.model)
     _, models = load_ensemble(src)
-    if not args.topology:
-        raise CgkdError("cgkd export: --topology (a CG dataset or trajectory giving the bead types) is required")
-    top = CGDataset(args.topology, frames=0, forces=False)
-    types, molecules = top.type_names, top.residues
-    out = Path(args.out or src / "model.ts")
-    if out.exists() and not args.overwrite:
+    top = CGDataset(cfg.topology, frames=0, forces=False)
+    out = Path(cfg.out or src / "model.ts")
+    if out.exists() and not cfg.overwrite:
         raise CgkdError(f"{out}: output exists; pass --overwrite to replace it")
-    export(models, list(types), out, include_prior=not args.no_prior, molecules=molecules)
-    print(f"wrote {out}: {len(models)} member(s), {len(types)} beads, energy in kJ/mol from positions in nm")
+    export(models, list(top.type_names), out, include_prior=not cfg.no_prior, molecules=top.residues)
+    print(f"wrote {out}: {len(models)} member(s), {top.n_beads} beads, energy in kJ/mol from positions in nm")
 
 
 def cmd_simulate(args):
@@ -202,23 +203,26 @@ def cmd_simulate(args):
 def cmd_compare(args):
     from . import report
 
+    cfg = _config(config.CompareConfig, args)
+    if cfg.reference is None:
+        raise CgkdError("cgkd compare: --reference (the mapped AA reference dataset) is required")
     models = {}
-    for item in args.model or []:
+    for item in cfg.model or []:
         name, _, paths = item.partition("=")
         if not paths:
             raise CgkdError(f"--model {item!r}: expected NAME=PATH[,PATH...]")
         models[name] = paths.split(",")
     triplets = None
-    if args.triplets:
+    if cfg.triplets:
         triplets = []
-        for t in args.triplets:
+        for t in cfg.triplets:
             parts = t.split("-")
             if len(parts) != 3:
                 raise CgkdError(f"--triplets {t!r}: expected NEIGHBOUR-CENTRE-NEIGHBOUR, e.g. CL-CHO-CL")
             triplets.append((parts[1], (parts[0], parts[2])))
-    settings = report.CompareSettings(r_max=args.r_max, n_bins=args.n_bins, triplets=triplets, stride=args.stride,
-                                      blocks=args.blocks)
-    result = report.compare(args.reference, models, args.out, settings)
+    settings = report.CompareSettings(r_max=cfg.r_max, n_bins=cfg.n_bins, triplets=triplets, stride=cfg.stride,
+                                      blocks=cfg.blocks)
+    result = report.compare(cfg.reference, models, cfg.out, settings)
     print(f"wrote {result['out']}/report.md, results.json and {len(result['plots'])} plots")
 
 
@@ -275,25 +279,17 @@ def parser():
     _add_config_flags(st, StudyConfig)
     st.set_defaults(func=cmd_study)
     e = sub.add_parser("export", help=HELP["export"], description=HELP["export"])
-    e.add_argument("--model", required=True, help="model folder (model.pt) or ensemble folder (member_*)")
-    e.add_argument("--topology", help="CG dataset/trajectory whose bead types (in order) the export is for")
-    e.add_argument("--out", help="TorchScript file (default: <model>/model.ts)")
-    e.add_argument("--no-prior", action="store_true", help="leave the prior out (add it as native OpenMM forces)")
-    e.add_argument("--overwrite", action="store_true")
+    _add_config_flags(e, config.ExportConfig)
     e.set_defaults(func=cmd_export)
     s = sub.add_parser("simulate", help=HELP["simulate"], description=HELP["simulate"])
     _add_config_flags(s, config.SimConfig)
     s.set_defaults(func=cmd_simulate)
     c = sub.add_parser("compare", help=HELP["compare"], description=HELP["compare"])
-    c.add_argument("--reference", required=True, help="CG dataset of the mapped AA reference (H5MD from cgkd map)")
-    c.add_argument("--model", action="append", help="NAME=PATH[,PATH...]: a model's CG trajectories (replicas)")
-    c.add_argument("--out", default="report", help="report folder (report.md, results.json, PNGs)")
-    c.add_argument("--r-max", type=float, help="RDF range in nm (default: half the shortest box edge)")
-    c.add_argument("--n-bins", type=int, default=100, help="RDF bins (default: 100)")
+    _add_config_flags(c, config.CompareConfig)
+    c.add_argument("--model", action="append", help="NAME=PATH[,PATH...]: a model's CG trajectories (replicas); "
+                   "repeat for more models")
     c.add_argument("--triplets", nargs="+", help="ADF/CDF triplets NEIGHBOUR-CENTRE-NEIGHBOUR (default: like "
                    "neighbours around every centre type)")
-    c.add_argument("--stride", type=int, default=1, help="use every n-th frame for RDF/ADF/CDF (default: 1)")
-    c.add_argument("--blocks", type=int, default=4, help="blocks for the uncertainties (default: 4)")
     c.set_defaults(func=cmd_compare)
     d = sub.add_parser("demo", help=HELP["demo"], description=HELP["demo"])
     d.add_argument("--out", default="runs/demo")

@@ -42,7 +42,7 @@ class AAConfig:
     minimize_iterations: int = 1000   # 0: until converged
     platform: Optional[str] = None    # CUDA when present, else CPU
     threads: Optional[int] = None     # CPU platform threads
-    seed: int = 1
+    seed: int = 1                     # velocities and Langevin noise
     checkpoint_ps: float = 10.0       # simulated time between checkpoints
     resume: bool = False              # continue <out> from <out>.chk (the saved config wins)
     overwrite: bool = False           # replace an existing <out>
@@ -93,7 +93,7 @@ class TrainConfig(FitConfig):
     temperature: Optional[float] = None  # K, Boltzmann inversion of bonded priors; default: the dataset's
     loss: str = "mse"                 # mse | mae | mixed (mean of both)
     val_fraction: float = 0.1         # contiguous time blocks: train | validation | test
-    test_fraction: float = 0.1
+    test_fraction: float = 0.1        # the last block: test frames, never trained on
     max_frames: Optional[int] = None  # use the first n frames of the dataset
 
 
@@ -126,6 +126,27 @@ class DistillConfig(FitConfig):
 
 
 @dataclass
+class ExportConfig:
+    model: Optional[str] = None       # model folder (model.pt) or ensemble folder (member_*)
+    topology: Optional[str] = None    # CG dataset/trajectory whose bead types (in order) the export is for
+    out: Optional[str] = None         # TorchScript file (default: <model>/model.ts)
+    no_prior: bool = False            # leave the priors out (add them as native OpenMM forces)
+    overwrite: bool = False           # replace an existing file
+
+
+@dataclass
+class CompareConfig:
+    reference: Optional[str] = None   # CG dataset of the mapped AA reference (H5MD from cgkd map)
+    model: list = None                # NAME=PATH[,PATH...]: a model's CG trajectories (replicas); repeatable
+    out: str = "report"               # report folder (report.md, results.json, PNGs)
+    r_max: Optional[float] = None     # RDF range in nm (default: half the shortest box edge)
+    n_bins: int = 100                 # RDF bins
+    triplets: list = None             # ADF/CDF triplets NEIGHBOUR-CENTRE-NEIGHBOUR (default: like neighbours)
+    stride: int = 1                   # use every n-th frame for RDF/ADF/CDF
+    blocks: int = 4                   # blocks for the uncertainties
+
+
+@dataclass
 class SimConfig:
     model: Optional[str] = None       # model or ensemble folder from `cgkd train` (students: the same layout)
     start: Optional[str] = None       # CG dataset or trajectory giving the starting frame, topology and temperature
@@ -142,7 +163,7 @@ class SimConfig:
     report: int = 250                 # steps between frames, log lines and stability checks
     checkpoint_every: int = 10        # frames between checkpoints
     replicas: int = 1                 # independent runs (seeds seed, seed + 1, ...); summary reports the fraction stable
-    seed: int = 1
+    seed: int = 1                     # replica k uses seed + k (velocities, Langevin noise, new-box placement)
     minimize: bool = False            # minimise the energy before dynamics (always for a new box)
     floor_factor: float = 0.7         # clumping: a pair closer than this times its closest approach in the training data
     temperature_tolerance: float = 0.25  # relative deviation of the kinetic temperature that fails a run

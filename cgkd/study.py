@@ -33,7 +33,7 @@ class StudyConfig:
     out: str = "runs/study"           # study folder: models/, runs/, compare/, ablation.json
     executor: str = "local"           # local (submitit's local processes) | slurm
     workers: int = 2                  # local: jobs at once (one thread each)
-    seeds: list = field(default_factory=lambda: [1, 2, 3])
+    seeds: list = field(default_factory=lambda: [1, 2, 3])  # every variant is trained once per seed
     student: dict = field(default_factory=dict)      # DistillConfig keys shared by every variant
     variants: dict = field(default_factory=dict)     # name: DistillConfig keys; members: per-seed picks member seed-1
     references: dict = field(default_factory=dict)   # name: {model: teacher | ensemble, replicas, simulate, stress}

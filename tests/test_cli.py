@@ -44,3 +44,17 @@ def test_help_lists_every_stage():
     assert r.returncode == 0 and "build" in r.stdout and "aa" in r.stdout
     r = cgkd("aa", "--help")
     assert "--resume" in r.stdout and "--hmr" in r.stdout and "--platform" in r.stdout
+
+
+def test_every_stage_takes_a_config_and_documents_every_flag():
+    from cgkd.cli import parser
+
+    sub = next(a for a in parser()._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        if name == "demo":
+            continue
+        flags = {o for a in p._actions for o in a.option_strings}
+        assert "--config" in flags, name
+        undocumented = [a.option_strings[0] for a in p._actions
+                        if a.option_strings and not (a.help or "").split("(default")[0].strip()]
+        assert not undocumented, (name, undocumented)  # inherited flags too (distill shares train's)
