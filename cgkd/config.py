@@ -170,6 +170,7 @@ class SimConfig:
     platform: Optional[str] = None    # CUDA when present, else CPU
     precision: str = "single"         # single | mixed | double (GPU Precision; double: a float64 model too)
     cuda_graphs: bool = False         # TorchForce useCUDAGraphs (CUDA platform; untested here: no GPU)
+    backend: str = "torchforce"       # torchforce (openmm-torch) | pythonforce (OpenMM's PythonForce, this process's torch)
     neighbors: str = "cell"           # model's neighbour search: cell (cell lists, linear in beads) | brute (all pairs)
     threads: Optional[int] = None     # CPU platform and PyTorch threads
     resume: bool = False              # continue every replica from its checkpoint

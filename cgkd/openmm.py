@@ -41,11 +41,17 @@ class CGForceField:
     def bead_types(self):
         return self.models[0].type_names
 
-    def createSystem(self, topology, cuda_graphs=False, precision="single", neighbors="cell"):
+    def createSystem(self, topology, cuda_graphs=False, precision="single", neighbors="cell",
+                     backend="torchforce"):
         """An openmm.System for a periodic CG topology (atom names are bead types, residues are molecules).
 
         neighbors: TorchMD-Net neighbour search in the exported model, "cell" (cell lists, linear in the bead
-        count; the box is fixed, as in NVT) or "brute" (all pairs)."""
+        count; the box is fixed, as in NVT) or "brute" (all pairs). backend: "torchforce" (openmmtorch's
+        TorchForce running the TorchScript module) or "pythonforce" (OpenMM's PythonForce calling PyTorch in
+        this process: needs no openmm-torch build that matches the installed torch; on the GPU when PyTorch
+        sees one)."""
+        if backend not in ("torchforce", "pythonforce"):
+            raise CgkdError(f"backend must be torchforce or pythonforce, got {backend!r}")
         names = [a.name for a in topology.atoms()]
         unknown = sorted(set(names) - set(self.bead_types))
         if unknown:
@@ -75,7 +81,13 @@ class CGForceField:
         module = ExportedPotential(models, types, include_prior=False)
         if precision == "double":
             module = module.double()
-        system.addForce(torch_force(torch.jit.script(module), cuda_graphs))
+        if backend == "pythonforce":
+            force = openmm.PythonForce(TorchCallback(module))
+            force.setUsesPeriodicBoundaryConditions(True)
+            force.setName("cgkd model (PythonForce)")
+            system.addForce(force)
+        else:
+            system.addForce(torch_force(torch.jit.script(module), cuda_graphs))
         prior, bonded = models[0].prior, models[0].bonded
         if prior is not None:
             walls = prior.to_openmm(types.tolist())
@@ -90,6 +102,25 @@ class CGForceField:
                 system.addForce(f)
         system.addForce(openmm.CMMotionRemover())  # as openmm.app.ForceField does: no drift of the whole box
         return system
+
+
+class TorchCallback:
+    """The computation of an openmm.PythonForce: energy (kJ/mol) and forces (kJ/mol/nm) of an
+    ExportedPotential for the State's positions and box, on the GPU when PyTorch has one."""
+
+    def __init__(self, module):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.module = module.to(self.device).eval()
+        self.dtype = self.module.probe.dtype
+
+    def __call__(self, state):
+        pos = torch.tensor(state.getPositions(asNumpy=True).value_in_unit(u.nanometer), dtype=self.dtype,
+                           device=self.device, requires_grad=True)
+        box = torch.tensor(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer), dtype=self.dtype,
+                           device=self.device)
+        energy = self.module(pos, box)
+        (grad,) = torch.autograd.grad(energy, pos)
+        return float(energy), -grad.detach().cpu().numpy().astype(np.float64)
 
 
 def topology_from_dataset(path, frame=0):

@@ -345,6 +345,7 @@ def _check(cfg):
         if value is not None and value <= 0:
             raise CgkdError(f"--{key.replace('_', '-')} must be positive, got {value}")
     for key, allowed in (("integrator", ("langevin", "verlet")), ("precision", ("single", "mixed", "double")),
+                         ("backend", ("torchforce", "pythonforce")),
                          ("neighbors", ("cell", "brute"))):
         if getattr(cfg, key) not in allowed:
             raise CgkdError(f"--{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
@@ -380,7 +381,8 @@ def simulate(cfg, progress=True):
     top, pos, T = starting_structure(cfg, ff)
     if T is None:
         raise CgkdError("cgkd simulate: no temperature in the start dataset or the model; pass --temperature")
-    system = ff.createSystem(top, cuda_graphs=cfg.cuda_graphs, precision=cfg.precision, neighbors=cfg.neighbors)
+    system = ff.createSystem(top, cuda_graphs=cfg.cuda_graphs, precision=cfg.precision, neighbors=cfg.neighbors,
+                             backend=cfg.backend)
     runs = [Replica(cfg, ff, system, top, pos, out / f"replica_{k}", cfg.seed + k, T) for k in range(cfg.replicas)]
     if cfg.resume:
         for r in runs:

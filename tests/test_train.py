@@ -192,6 +192,22 @@ def test_cg_forcefield_system_equals_eager_model_with_priors(cg, trained, tmp_pa
         assert np.abs(f_omm - f_ref).max() <= 1e-4 * np.abs(f_ref).max() + 1e-4
 
 
+def test_pythonforce_backend_equals_torchforce(cg, trained):
+    """OpenMM's PythonForce calling PyTorch gives the TorchForce system's energy and forces (priors active)."""
+    from cgkd.openmm import CGForceField, topology_from_dataset
+
+    out, _ = trained
+    ff = CGForceField(out)
+    top, pos = topology_from_dataset(cg, 4)
+    pos = pos.copy()
+    pos[1] = pos[0] + np.array([0.2, 0.0, 0.0])  # a pair inside its wall: the priors take part
+    e_t, f_t = _omm_energy_forces(ff.createSystem(top, backend="torchforce"), pos)
+    e_p, f_p = _omm_energy_forces(ff.createSystem(top, backend="pythonforce"), pos)
+    assert e_p == pytest.approx(e_t, rel=1e-5, abs=1e-4)
+    assert np.abs(f_p - f_t).max() <= 1e-4 * np.abs(f_t).max() + 1e-4
+    assert np.abs(f_t[1]).max() > 10  # the wall pushes
+
+
 def test_cg_forcefield_bad_inputs(cg, trained, tmp_path):
     from cgkd.openmm import CGForceField, topology_from_dataset
 
