@@ -8,9 +8,13 @@ labels (contiguous train | val | test blocks); `cgkd distill` trains small stude
 ensemble's labels ({f}; {f, eps}) and the FM baseline (w_F only). On the test frames every model's forces
 are compared with the clean forces. Records benchmarks/results/denoise.json.
 
-    python benchmarks/denoise.py --frames 600 --epochs 40 --teachers 4
+    python benchmarks/denoise.py --frames 600 --epochs 40 --teachers 4 --teacher gn:32x2
+    python benchmarks/denoise.py --frames 600 --epochs 40 --teachers 4 --teacher tensornet:32x2
+
+Results are kept per teacher architecture (`by_teacher`).
 """
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -78,7 +82,10 @@ def main():
     p.add_argument("--noise", type=float, default=3.0, help="noise RMS in units of the force RMS")
     p.add_argument("--teachers", type=int, default=4, help="ensemble members")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--teacher", default="gn:32x2", help="teacher ARCH:CHANNELSxLAYERS (cutoff 0.6 nm)")
     a = p.parse_args()
+    t_arch, t_shape = a.teacher.split(":")
+    t_channels, t_layers = (int(x) for x in t_shape.split("x"))
     pos, clean, boxes = simulate(frames=a.frames)
     rms = np.sqrt((clean ** 2).mean())
     noisy = clean + np.random.default_rng(0).normal(scale=a.noise * rms, size=clean.shape)
@@ -90,8 +97,9 @@ def main():
         w.extend(np.arange(a.frames), np.arange(a.frames, dtype=float), boxes, position=pos, force=noisy)
         w.cgkd.create_dataset("bead_types", data=np.array([b"LJ"] * pos.shape[1]))
         w.close()
-        cfg = config.TrainConfig(dataset=str(tmp / "lj.h5"), out=str(tmp / "teachers"), cutoff=0.6, channels=32,
-                                 layers=2, rbf=16, ensemble=a.teachers, workers=a.workers, **fit)
+        cfg = config.TrainConfig(dataset=str(tmp / "lj.h5"), out=str(tmp / "teachers"), cutoff=0.6, arch=t_arch,
+                                 channels=t_channels, layers=t_layers, rbf=16, ensemble=a.teachers, workers=a.workers,
+                                 **fit)
         metas = train(cfg, progress=True)
         lo, hi = metas[0]["split"]["test"]
         test = np.arange(lo, hi)
@@ -121,7 +129,8 @@ def main():
            "students": {k: {**v, "ratio": v["vs_clean_rmse"] / label_err} for k, v in students.items()},
            "kd_beats_fm": bool(students["KD {f}"]["vs_clean_rmse"] < students["FM"]["vs_clean_rmse"]),
            "seconds": time.perf_counter() - t0}
-    record(RESULTS, res)
+    previous = json.loads(RESULTS.read_text()).get("by_teacher", {}) if RESULTS.exists() else {}
+    record(RESULTS, {"by_teacher": {**previous, a.teacher: res}})
     print(f"RMSE against the clean forces (noisy labels {label_err:.2f} kJ/mol/nm; predicting zero {rms:.2f}):")
     print(f"  teachers {np.mean(members):.2f} (ratio {res['teacher_ratio']:.3f}), ensemble mean {ensemble_err:.2f} "
           f"(ratio {res['ensemble_ratio']:.3f})")

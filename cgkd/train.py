@@ -1,10 +1,13 @@
-"""Force matching: train CGPotentials (and ensembles of them) on mapped CG forces.
+"""Force matching: train CGPotentials (and ensembles of them) on mapped CG forces, and the parts `cgkd distill`
+shares: model building (`build_model`), the epoch loop with checkpoints and exact resume (`fit`), force errors
+(`evaluate`) and model metadata (`model_metadata`, `write_model`).
 
 Splits are contiguous time blocks (train | validation | test), since neighbouring frames are correlated.
 Adam, ReduceLROnPlateau and early stopping on the validation force RMSE; a checkpoint every epoch
 (model, optimiser, scheduler, best weights, metrics) makes `resume` continue exactly: batch order comes
 from a generator seeded by (seed, epoch), so the next loss equals that of an uninterrupted run.
 """
+import copy
 import csv
 import dataclasses
 import json
@@ -16,10 +19,10 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, observables
+from .dataset import CGDataset, batch
 from .errors import CgkdError
 from .fileio import atomic_path, write_json
 from .labels import eps_offsets
-from .dataset import CGDataset, batch
 from .model import CGPotential, load_checkpoint, load_model, max_neighbors, pair_onsets, save_checkpoint
 from .priors import BondedPrior, RepulsivePrior, fit_bonded
 
@@ -88,7 +91,7 @@ def build_model(cfg, ds, split, teacher=None, frames=None):
     lo, hi = split["train"]
     names = sorted(set(ds.type_names))
     if teacher is not None:
-        onsets, prior, bonded = teacher.onsets, teacher.model.prior, teacher.model.bonded
+        onsets, prior, bonded = teacher.onsets, copy.deepcopy(teacher.model.prior), teacher.model.bonded
         if bonded is not None:
             bonded = BondedPrior.for_topology(bonded.tables, ds.type_names, ds.residues)
     else:
