@@ -172,8 +172,11 @@ def test_cg_forcefield_system_equals_eager_model_with_priors(cg, trained, tmp_pa
 
     out, _ = trained
     ff = CGForceField(out)
-    for frame in (0, 5):
+    for frame, pushed in ((0, False), (5, False), (5, True)):
         top, pos = topology_from_dataset(cg, frame)
+        if pushed:  # a pair inside its wall, so the priors' forces are part of the comparison
+            pos = pos.copy()
+            pos[1] = pos[0] + np.array([0.2, 0.0, 0.0])
         system = ff.createSystem(top)
         names = [a.name for a in top.atoms()]
         assert [system.getParticleMass(i).value_in_unit(u.dalton) for i in (0, 10, 20)] == pytest.approx(
@@ -190,6 +193,8 @@ def test_cg_forcefield_system_equals_eager_model_with_priors(cg, trained, tmp_pa
         assert e_omm == pytest.approx(np.mean(energies), rel=1e-4, abs=1e-3)
         f_ref = np.mean(forces, axis=0)
         assert np.abs(f_omm - f_ref).max() <= 1e-4 * np.abs(f_ref).max() + 1e-4
+        if pushed:
+            assert np.linalg.norm(f_ref[1]) > 10  # the wall is active
 
 
 def test_pythonforce_backend_equals_torchforce(cg, trained):
