@@ -72,3 +72,32 @@ def test_mismatched_trajectories_are_refused(datasets, tmp_path):
         report.compare(ref, {"m": [model]}, tmp_path / "r", report.CompareSettings(r_max=3.0))
     with pytest.raises(CgkdError, match="at least one model"):
         report.compare(ref, {}, tmp_path / "r")
+
+
+def test_scores_against_hand_computed_cases():
+    from cgkd import observables as obs
+
+    r = np.linspace(0.0, 2.0, 2001)
+    g_ref = np.where(r > 0.5, 1.0, 0.0)
+    g = np.where(r > 0.5, 1.2, 0.0)  # 20 % too high beyond 0.5 nm: error 0.2 * 1.5 / 1.5
+    assert obs.rdf_error(g, g_ref, r) == pytest.approx(0.2, rel=1e-3)
+    shifted = np.where(r > 0.6, 1.0, 0.0)  # onset 0.1 nm late: |difference| integrates to 0.1 over 1.5
+    assert obs.rdf_error(shifted, g_ref, r) == pytest.approx(0.1 / 1.5, rel=1e-2)
+    # Jensen-Shannon (bits): identical 0, disjoint 1, and p = (1, 0), q = (1/2, 1/2) by hand:
+    # m = (3/4, 1/4); KL(p||m) = log2(4/3); KL(q||m) = 1/2 log2(2/3) + 1/2 log2(2); JS = half their sum.
+    assert obs.jensen_shannon([1, 2, 3], [2, 4, 6]) == pytest.approx(0.0, abs=1e-12)
+    assert obs.jensen_shannon([1, 0], [0, 1]) == pytest.approx(1.0)
+    hand = 0.5 * (np.log2(4 / 3) + 0.5 * np.log2(2 / 3) + 0.5)
+    assert obs.jensen_shannon([1, 0], [1, 1]) == pytest.approx(hand)
+
+
+def test_replica_spread_is_the_std_of_the_replicas_scores(datasets):
+    ref, model, d = datasets
+    r = report.compare(ref, {"two": [ref, model]}, d / "report2", report.CompareSettings(r_max=0.75, n_bins=40),
+                       progress=False)
+    one = report.compare(ref, {"jitter": [model]}, d / "report3", report.CompareSettings(r_max=0.75, n_bins=40),
+                         progress=False)
+    for key in ("rdf CHO-CL", "rdf CL-EGL"):
+        single = one["scores"]["jitter"][key]["mean"]  # the reference itself scores 0
+        assert r["scores"]["two"][key]["mean"] == pytest.approx(single / 2, rel=1e-9)
+        assert r["scores"]["two"][key]["std_replicas"] == pytest.approx(single / 2, rel=1e-9)
