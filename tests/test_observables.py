@@ -126,3 +126,20 @@ def test_bad_input_errors(cg):
         observables.rdf(pos, boxes, types, pairs=[("CHO", "URE")])
     with pytest.raises(CgkdError, match="no CL-CL-CL triplets"):
         observables.adf(pos[:1], boxes[:1], types, "CL", ("CL", "CL"), (0.05, 0.05))
+
+
+def test_rdf_normalises_each_frame_by_its_own_volume_and_both_pair_searches_agree(monkeypatch):
+    """NPT-like input: boxes of different sizes (an ideal gas in each) must still give g = 1; and the k-d tree
+    branch (used above DENSE_PAIRS pairs) must give the same histogram as the compiled all-pairs loop."""
+    rng = np.random.default_rng(1)
+    edges = [2.6, 3.0, 3.4]
+    pos = np.concatenate([rng.uniform(0, e, size=(20, 400, 3)) for e in edges])
+    boxes = np.concatenate([_cubic(400, e, 20) for e in edges])
+    types = np.array(["A"] * 200 + ["B"] * 200)
+    r, g, _ = observables.rdf(pos, boxes, types, r_max=1.2, n_bins=24)
+    for p, v in g.items():
+        assert abs(v[8:].mean() - 1) < 0.02, p  # densities differ by 2x between the frames
+    monkeypatch.setattr(observables, "DENSE_PAIRS", 10)  # force the k-d tree branch
+    r2, g2, _ = observables.rdf(pos, boxes, types, r_max=1.2, n_bins=24)
+    for p in g:
+        assert np.allclose(g2[p], g[p], rtol=1e-10, atol=1e-12)
