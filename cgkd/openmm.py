@@ -120,7 +120,7 @@ class TorchCallback:
                            device=self.device)
         energy = self.module(pos, box)
         (grad,) = torch.autograd.grad(energy, pos)
-        return float(energy), -grad.detach().cpu().numpy().astype(np.float64)
+        return float(energy.detach()), -grad.detach().cpu().numpy().astype(np.float64)
 
 
 def topology_from_dataset(path, frame=0):

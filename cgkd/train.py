@@ -195,6 +195,7 @@ def model_metadata(model, cfg, ds, split, seed, state, onsets):
 
 def write_model(out_dir, model, meta):
     """model.pt (weights, hyperparameters, priors) and metadata.json of a finished model."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_checkpoint(Path(out_dir) / "model.pt", {"format": "cgkd-model-1", "hparams": model.hparams,
                                                  "model": model.state_dict(), "priors": model.priors_state()})
     write_json(Path(out_dir) / "metadata.json", meta)
