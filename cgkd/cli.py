@@ -256,41 +256,23 @@ def parser():
     p.add_argument("--version", action="version", version=f"cgkd {__version__}")
     p.add_argument("--verbose", action="store_true", help="also show the log of TorchMD-Net's warp kernels")
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help=HELP["build"], description=HELP["build"])
-    _add_config_flags(b, config.BuildConfig)
-    b.set_defaults(func=cmd_build)
-    a = sub.add_parser("aa", help=HELP["aa"], description=HELP["aa"])
-    _add_config_flags(a, config.AAConfig)
-    a.set_defaults(func=cmd_aa)
-    m = sub.add_parser("map", help=HELP["map"], description=HELP["map"] + "\n\n" + MAP_FORMAT,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_config_flags(m, config.MapConfig)
-    m.set_defaults(func=cmd_map)
-    t = sub.add_parser("train", help=HELP["train"], description=HELP["train"])
-    _add_config_flags(t, config.TrainConfig)
-    t.set_defaults(func=cmd_train)
-    lb = sub.add_parser("label", help=HELP["label"], description=HELP["label"])
-    _add_config_flags(lb, config.LabelConfig)
-    lb.set_defaults(func=cmd_label)
-    ds = sub.add_parser("distill", help=HELP["distill"], description=HELP["distill"])
-    _add_config_flags(ds, config.DistillConfig)
-    ds.set_defaults(func=cmd_distill)
-    st = sub.add_parser("study", help=HELP["study"], description=HELP["study"])
-    _add_config_flags(st, StudyConfig)
-    st.set_defaults(func=cmd_study)
-    e = sub.add_parser("export", help=HELP["export"], description=HELP["export"])
-    _add_config_flags(e, config.ExportConfig)
-    e.set_defaults(func=cmd_export)
-    s = sub.add_parser("simulate", help=HELP["simulate"], description=HELP["simulate"])
-    _add_config_flags(s, config.SimConfig)
-    s.set_defaults(func=cmd_simulate)
-    c = sub.add_parser("compare", help=HELP["compare"], description=HELP["compare"])
-    _add_config_flags(c, config.CompareConfig)
+    stages = {"build": (config.BuildConfig, cmd_build), "aa": (config.AAConfig, cmd_aa),
+              "map": (config.MapConfig, cmd_map), "train": (config.TrainConfig, cmd_train),
+              "label": (config.LabelConfig, cmd_label), "distill": (config.DistillConfig, cmd_distill),
+              "study": (StudyConfig, cmd_study), "export": (config.ExportConfig, cmd_export),
+              "simulate": (config.SimConfig, cmd_simulate), "compare": (config.CompareConfig, cmd_compare)}
+    parsers = {}
+    for name, (cls, func) in stages.items():
+        extra = {"description": HELP["map"] + "\n\n" + MAP_FORMAT,
+                 "formatter_class": argparse.RawDescriptionHelpFormatter} if name == "map" else {}
+        parsers[name] = sp = sub.add_parser(name, help=HELP[name], **{"description": HELP[name], **extra})
+        _add_config_flags(sp, cls)
+        sp.set_defaults(func=func)
+    c = parsers["compare"]
     c.add_argument("--model", action="append", help="NAME=PATH[,PATH...]: a model's CG trajectories (replicas); "
                    "repeat for more models")
     c.add_argument("--triplets", nargs="+", help="ADF/CDF triplets NEIGHBOUR-CENTRE-NEIGHBOUR (default: like "
                    "neighbours around every centre type)")
-    c.set_defaults(func=cmd_compare)
     d = sub.add_parser("demo", help=HELP["demo"], description=HELP["demo"])
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--npt-ps", type=float, default=20.0)
