@@ -221,7 +221,9 @@ def plot_all(curves, out):
         if max(ends) > 10 * max(min(ends), 1e-12):  # CG dynamics can run orders of magnitude faster than AA
             ax.set(xscale="log", yscale="log")
         ax.set(title=ty, xlabel="lag time (ps)", ylabel="MSD (nm²)")
-        ax.legend(frameon=False, fontsize=7)
+        ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w, h + 0.25 * len(curves) * -(-len(types) // 3))  # room for the legends below
     files.append(_save(fig, out / "msd.png"))
     return files
 
