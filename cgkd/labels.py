@@ -185,7 +185,7 @@ def label(teachers, dataset, out=None, batch_size=8, overwrite=False, progress=T
     offsets = [teachers.offsets(k, ds) for k in range(len(teachers.models))]
     key = label_key(ds.hash, teachers.hashes, offsets)
     out = Path(out) if out else teachers.path / "labels" / f"{ds.path.stem}-{key[:16]}.h5"
-    if out.exists():
+    if out.exists() and not overwrite:
         Labels(out)  # refuse a foreign or damaged file before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_name(f".{out.name}.lock"), "w") as lock:  # one labeller per file; the others wait, then reuse
@@ -204,8 +204,13 @@ def _partial_key(partial):
 
 def _label_locked(teachers, ds, key, offsets, out, batch_size, overwrite, progress):
     if out.exists():
-        labels = Labels(out)
-        if labels.attrs["key"] == key:
+        try:
+            labels = Labels(out)
+        except CgkdError:
+            if not overwrite:
+                raise
+            labels = None  # a damaged file that --overwrite replaces
+        if labels is not None and labels.attrs["key"] == key:
             return labels, "reused"
         if not overwrite:
             raise CgkdError(f"{out}: stale labels, {_stale_reason(labels.attrs, ds, teachers)}; relabel into it "

@@ -19,7 +19,6 @@ from torchmdnet.models.utils import OptimizedDistance  # noqa: E402
 from .errors import CgkdError
 from .fileio import atomic_path
 from .observables import in_box
-from .priors import RepulsivePrior
 
 ARCHITECTURES = ("tensornet", "et", "gn")  # TensorNet, equivariant transformer, graph network (SchNet-like)
 

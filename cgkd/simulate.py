@@ -12,7 +12,6 @@ cleanly: the last good frames and checkpoint stay, the summary records when and 
 `--resume` continues every replica with the run's saved settings (<out>/config.yaml); only the number of
 steps and the thread count may change.
 """
-import json
 import math
 import time
 from pathlib import Path

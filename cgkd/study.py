@@ -123,7 +123,7 @@ class Study:
 
         self.members = ensemble_members(cfg.teachers)
         self.models = {}  # (row name, seed) -> model folder
-        for name, v in cfg.variants.items():
+        for name in cfg.variants:
             for seed in cfg.seeds:
                 self.models[(name, seed)] = str(self.out / "models" / slug(name) / f"seed_{seed}")
         for name, ref in cfg.references.items():
@@ -336,6 +336,3 @@ def aggregate(study):
     write_json(out / "ablation.json", result)
     return result
 
-
-def load(path=None, **overrides):
-    return config.load(StudyConfig, path, **overrides)
