@@ -89,6 +89,13 @@ def test_labels_reused_when_unchanged_and_refused_when_stale(cg, teachers, tmp_p
     with pytest.raises(CgkdError, match=f"stale labels, it was made for {cg}"):
         label(teachers, other, out=first.path, progress=False)
     assert first.path.read_bytes() == before
+    # A damaged label file: refused, and replaced only with overwrite.
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(CgkdError, match="not a readable label file"):
+        label(teachers, cg, out=junk, progress=False)
+    assert junk.read_bytes() == b"not hdf5"
+    assert label(teachers, cg, out=junk, overwrite=True, progress=False)[1] == "new"
 
 
 def test_interrupted_labelling_resumes(cg, teachers, tmp_path, monkeypatch):
