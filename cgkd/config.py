@@ -73,7 +73,7 @@ class FitConfig:
     channels: int = 32                # hidden channels of the representation
     layers: int = 1                   # interaction layers
     rbf: int = 16                     # radial basis functions
-    rbf_type: str = "gauss"           # gauss (evenly spaced, right for nm) | expnorm (TorchMD-Net's default, tuned for Angstrom)
+    rbf_type: str = "gauss"           # gauss (evenly spaced; right for nm) | expnorm (TorchMD-Net's, for Angstrom)
     cutoff: float = 1.0               # nm, the network's neighbour cutoff
     epochs: int = 100                 # at most this many epochs
     batch_size: int = 8               # frames per mini-batch
@@ -118,6 +118,8 @@ class DistillConfig(FitConfig):
     labels: Optional[str] = None      # label file of the dataset (default: the cache in <teachers>/labels/)
     extra: Optional[str] = None       # comma-separated CG trajectories labelled by the teachers, added to training
     extra_weighting: str = "none"     # none | agreement: weight extra frames by the ensemble's force agreement
+    perturb: float = 0.0              # nm: add teacher-labelled training frames with beads displaced by N(0, perturb)
+    perturb_copies: int = 1           # copies of the training frames for --perturb (displacements seeded by --seed)
     w_mapped: float = 0.0             # weight of the force loss against the mapped (noisy) forces
     w_forces: float = 1.0             # weight of the force loss against the ensemble-mean teacher forces
     w_energy: float = 0.0             # weight of the loss on the network energy per bead E/N against the teachers'
@@ -170,7 +172,7 @@ class SimConfig:
     platform: Optional[str] = None    # CUDA when present, else CPU
     precision: str = "single"         # single | mixed | double (GPU Precision; double: a float64 model too)
     cuda_graphs: bool = False         # TorchForce useCUDAGraphs (CUDA platform; untested here: no GPU)
-    backend: str = "torchforce"       # torchforce (openmm-torch) | pythonforce (OpenMM's PythonForce, this process's torch)
+    backend: str = "torchforce"       # torchforce (openmm-torch) | pythonforce (OpenMM's PythonForce, this torch)
     neighbors: str = "cell"           # model's neighbour search: cell (cell lists, linear in beads) | brute (all pairs)
     threads: Optional[int] = None     # CPU platform and PyTorch threads
     resume: bool = False              # continue every replica from its checkpoint

@@ -78,6 +78,25 @@ class CGDataset:
             raise CgkdError(f"{self.path}: {n} frames cannot hold the validation and test fractions")
         return {"train": [0, n_train], "val": [n_train, n_train + n_val], "test": [n_train + n_val, n]}
 
+    def write(self, path, frames, displacement=None):
+        """A CG trajectory file (H5MD, float32 positions, no forces) of the given frames, positions optionally
+        displaced by `displacement` (len(frames), beads, 3) nm; it keeps the beads, masses and temperature."""
+        from .h5md import H5MDWriter
+
+        pos = self.positions[frames] + (displacement if displacement is not None else 0.0)
+        w = H5MDWriter.create(path, self.n_beads, group="cg", fields=("position",), masses=self.masses,
+                              dtype={"position": np.float32})
+        w.extend(np.arange(len(frames)), self.times[frames], self.boxes[frames], position=pos)
+        g = w.cgkd
+        g.create_dataset("bead_types", data=self.type_names)
+        g.create_dataset("residue_ids", data=self.residues)
+        g.create_dataset("residue_names", data=self.residue_names)
+        if self.temperature is not None:
+            g.attrs["temperature_K"] = self.temperature
+        g.attrs["source"] = str(self.path)
+        w.close()
+        return Path(path)
+
     def bead_masses(self, type_names):
         """{bead type: mass in amu} for the given types ({} when the file has no masses)."""
         if self.masses is None:

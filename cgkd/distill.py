@@ -6,12 +6,13 @@
 Each term is scaled by the variance s of its target over the training frames, so the weights are
 dimensionless and comparable (a term is 1 for a model that predicts the target's mean; E/N varies little
 from frame to frame, so its term is strict: w_E = 1 asks for energies as good as the teachers' relative to
-that small spread). F are total forces (priors included), E the network energy (sum of per-bead energies eps, priors excluded)
-and the means run over the chosen teacher members; teacher energies are centred as `cgkd.labels` explains.
+that small spread). F are total forces (priors included), E the network energy (sum of per-bead energies
+eps, priors excluded) and the means run over the chosen teacher members; teacher energies are centred as
+`cgkd.labels` explains.
 The FM baseline is the same student with w_F only; one teacher is an ensemble of one. The student inherits
 the teachers' priors unchanged and uses their train | validation | test blocks, so it never sees test frames.
-Extra frames (CG trajectories labelled by the teachers) join the training block without mapped forces,
-optionally weighted by the ensemble's agreement on them. Training shares `cgkd train`'s loop: early
+Extra frames (CG trajectories labelled by the teachers, or with --perturb displaced copies of the training
+frames) join the training block without mapped forces, optionally weighted by the ensemble's agreement on them. Training shares `cgkd train`'s loop: early
 stopping on the validation loss, a checkpoint every epoch, exact `--resume`.
 """
 import hashlib
@@ -25,6 +26,7 @@ import torch
 
 from .dataset import CGDataset, batch
 from .errors import CgkdError
+from .fileio import atomic_path
 from .labels import Teachers, eps_offsets, label
 from .train import build_model, evaluate, fit, model_metadata, write_model
 
@@ -51,6 +53,8 @@ def check_config(cfg):
         raise CgkdError(f"cgkd distill: loss weights must be >= 0, got {weights}")
     if not any(weights.values()):
         raise CgkdError("cgkd distill: all loss weights (--w-mapped, --w-forces, --w-energy, --w-eps) are zero")
+    if cfg.perturb < 0 or cfg.perturb_copies < 1:
+        raise CgkdError(f"--perturb must be >= 0 and --perturb-copies >= 1, got {cfg.perturb}, {cfg.perturb_copies}")
     if cfg.extra_weighting not in ("none", "agreement"):
         raise CgkdError(f"--extra-weighting must be none or agreement, got {cfg.extra_weighting!r}")
 
@@ -72,10 +76,27 @@ class TrainingFrames(SimpleNamespace):
                    teacher_eps=cat(lambda p: p[1]["eps"]))
 
 
-def _extra_frames(cfg, teachers, ds, members, reference_std, progress):
-    """[(CGDataset, teacher means, has-mapped mask, weights)] for the extra trajectories."""
+def perturbed_frames(cfg, teachers, ds, train):
+    """The training frames, `cfg.perturb_copies` times, every bead displaced by N(0, cfg.perturb) nm (seeded by
+    cfg.seed); written once into the teachers' label cache."""
+    name = f"{ds.path.stem}-{ds.hash[:12]}-perturbed-{cfg.perturb:g}nm-x{cfg.perturb_copies}-seed{cfg.seed}.h5"
+    path = teachers.path / "labels" / name
+    if not path.exists():
+        frames = np.tile(train, cfg.perturb_copies)
+        noise = np.random.default_rng(cfg.seed).normal(scale=cfg.perturb, size=(len(frames), ds.n_beads, 3))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            ds.write(tmp, frames, noise.astype(np.float32))
+    return str(path)
+
+
+def _extra_frames(cfg, teachers, ds, members, reference_std, progress, train):
+    """[(CGDataset, teacher means, has-mapped mask, weights)] for the extra trajectories and perturbed frames."""
     out = []
-    for path in [p.strip() for p in (cfg.extra or "").split(",") if p.strip()]:
+    paths = [p.strip() for p in (cfg.extra or "").split(",") if p.strip()]
+    if cfg.perturb > 0:
+        paths.append(perturbed_frames(cfg, teachers, ds, train))
+    for path in paths:
         ex = CGDataset(path, forces=False)
         if ex.type_names != ds.type_names:
             raise CgkdError(f"{path}: its beads (types in order) differ from those of {ds.path}; extra frames must "
@@ -92,7 +113,7 @@ def _extra_frames(cfg, teachers, ds, members, reference_std, progress):
 
 def _data_key(cfg, ds, labels_key, extra):
     """What a checkpoint was trained on: data, labels, extra frames, members and loss settings."""
-    what = [ds.hash, labels_key, [e[0].hash for e in extra], cfg.members, cfg.extra_weighting,
+    what = [ds.hash, labels_key, [e[0].hash for e in extra], cfg.members, cfg.extra_weighting, cfg.perturb,
             [getattr(cfg, w) for _, w in TERMS]]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
@@ -110,7 +131,8 @@ def distill(cfg, progress=True):
         raise CgkdError(f"{ds.path}: not the dataset the teachers in {teachers.path} were trained on "
                         f"({teachers.metas[0]['dataset']}); a student uses its teachers' data and splits")
     members = None if cfg.members is None else _indices(cfg.members, len(teachers.models), "members")
-    if cfg.extra and cfg.extra_weighting == "agreement" and len(members or teachers.models) < 2:
+    several = len(members or teachers.models) > 1
+    if (cfg.extra or cfg.perturb > 0) and cfg.extra_weighting == "agreement" and not several:
         raise CgkdError("--extra-weighting agreement needs at least two teacher members (their disagreement)")
     split = teachers.metas[0]["split"]
     train = np.arange(*split["train"])
@@ -120,7 +142,7 @@ def distill(cfg, progress=True):
               f"{json.dumps({k: round(v, 1) for k, v in labels.uncertainty(ds.type_names).items()})} kJ/mol/nm")
     mean = labels.mean(members)
     ref_std = float(np.sqrt((mean["force_std"][train] ** 2).mean()))
-    extra = _extra_frames(cfg, teachers, ds, members, ref_std, progress)
+    extra = _extra_frames(cfg, teachers, ds, members, ref_std, progress, train)
     data = TrainingFrames.build(ds, mean, extra)
     train_frames = np.concatenate([train, len(ds) + np.arange(sum(len(e[0]) for e in extra))])
     torch.manual_seed(cfg.seed)

@@ -12,9 +12,10 @@ and E is the sum of the centred eps. Only then are members averaged. Forces are 
 The file (HDF5, format cgkd-labels-1) holds `forces` (frames, members, beads, 3), `energy` (frames, members),
 `eps` (frames, members, beads) and, for readers outside cgkd, their member means and standard deviations
 (`mean_forces`, `std_forces`, ...). It is keyed by the sha256 of the labelled file, of every member's model.pt
-and of the centring offsets: unchanged inputs reuse it, changed ones get new labels in the cache (<teachers>/labels/), and a
-label file given by path that no longer matches is refused, saying what changed. Work in progress lives in
-<file>.partial (frames done so far), so an interrupted run resumes; the final name appears only when complete.
+and of the centring offsets: unchanged inputs reuse it, changed ones get new labels in the cache
+(<teachers>/labels/), and a label file given by path that no longer matches is refused, saying what changed.
+Work in progress lives in <file>.partial (frames done so far), so an interrupted run resumes; the final name
+appears only when complete.
 """
 import fcntl
 import hashlib

@@ -37,7 +37,6 @@ class StudyConfig:
     student: dict = field(default_factory=dict)      # DistillConfig keys shared by every variant
     variants: dict = field(default_factory=dict)     # name: DistillConfig keys; members: per-seed picks member seed-1
     references: dict = field(default_factory=dict)   # name: {model: teacher | ensemble, replicas, simulate, stress}
-    extra: dict = field(default_factory=dict)        # perturbed frames for `extra: perturbed`: {sigma_nm, copies}
     simulate: dict = field(default_factory=dict)     # SimConfig keys of the default runs (replicas, steps, dt_fs, ...)
     stress: dict = field(default_factory=dict)       # {timesteps: [fs], temperature: K, steps: n}
     compare: dict = field(default_factory=dict)      # CompareSettings keys (stride, blocks, n_bins)
@@ -136,8 +135,6 @@ class Study:
         v = dict(self.cfg.variants[name])
         if v.get("members") == "per-seed":  # one teacher: a different member for each seed
             v["members"] = str((seed - 1) % len(self.members))
-        if v.get("extra") == "perturbed":
-            v["extra"] = str(self.out / "extra" / "perturbed.h5")
         return {**self.cfg.student, **v, "dataset": self.cfg.dataset, "teachers": self.cfg.teachers, "seed": seed}
 
     def tasks(self, phase):
@@ -177,8 +174,8 @@ class Study:
         return out
 
     def prepare(self, progress=True):
-        """Inputs every phase needs, made once in this process: the teachers' labels of the dataset (and of the
-        perturbed extra frames), the AA halves for the noise floor."""
+        """Inputs every phase needs, made once in this process: the teachers' labels of the dataset, the AA
+        halves for the noise floor."""
         from .dataset import CGDataset
         from .labels import label
 
@@ -188,22 +185,10 @@ class Study:
         extra.mkdir(parents=True, exist_ok=True)
         ds = CGDataset(self.cfg.dataset)
         n = len(ds)
-        write_frames(extra / "aa_first_half.h5", ds, np.arange(n // 2))
-        if any(v.get("extra") == "perturbed" for v in self.cfg.variants.values()):
-            from .model import ensemble_members
-
-            meta = json.loads((ensemble_members(self.cfg.teachers)[0] / "metadata.json").read_text())
-            train = np.arange(*meta["split"]["train"])  # never perturb validation or test frames
-            rng = np.random.default_rng(self.cfg.extra.get("seed", 1))
-            copies = int(self.cfg.extra.get("copies", 1))
-            frames = np.tile(train, copies)
-            noise = rng.normal(scale=float(self.cfg.extra.get("sigma_nm", 0.02)),
-                               size=(len(frames), ds.n_beads, 3)).astype(np.float32)
-            write_frames(extra / "perturbed.h5", ds, frames, noise)
-            label(self.cfg.teachers, extra / "perturbed.h5", progress=progress)
+        ds.write(extra / "aa_first_half.h5", np.arange(n // 2))
         if self.cfg.variants:
             label(self.cfg.teachers, ds, progress=progress)
-        write_frames(extra / "aa_second_half.h5", ds, np.arange(n // 2, n))  # last: marks `prepare` complete
+        ds.write(extra / "aa_second_half.h5", np.arange(n // 2, n))  # last: marks `prepare` complete
 
     def executor(self):
         import submitit
@@ -261,24 +246,6 @@ def _frames(path):
             return len(t)
     except CgkdError:
         return 0
-
-
-def write_frames(path, ds, frames, noise=None):
-    """A CG dataset file holding the given frames of `ds` (positions optionally displaced by `noise`)."""
-    from .h5md import H5MDWriter
-
-    pos = ds.positions[frames] + (noise if noise is not None else 0.0)
-    w = H5MDWriter.create(path, ds.n_beads, group="cg", fields=("position",), masses=ds.masses,
-                          dtype={"position": np.float32})
-    w.extend(np.arange(len(frames)), ds.times[frames], ds.boxes[frames], position=pos)
-    g = w.cgkd
-    g.create_dataset("bead_types", data=ds.type_names)
-    g.create_dataset("residue_ids", data=ds.residues)
-    g.create_dataset("residue_names", data=ds.residue_names)
-    if ds.temperature is not None:
-        g.attrs["temperature_K"] = ds.temperature
-    g.attrs["source"] = str(ds.path)
-    w.close()
 
 
 def _run_summary(folder):

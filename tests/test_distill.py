@@ -204,6 +204,15 @@ def test_extra_frames_join_training_with_agreement_weights(cg, teachers, tmp_pat
     expected = np.minimum(1.0, np.sqrt((ref ** 2).mean()) ** 2 / s ** 2)
     assert info["mean_weight"] == pytest.approx(expected.mean(), rel=1e-5) and expected.min() < 1
     assert Labels(next((teachers / "labels").glob("extra-*.h5"))).forces.shape[:2] == (6, 2)
+    # --perturb makes such frames itself: displaced copies of the training frames only, labelled and cached.
+    meta = distill(student_cfg(cg, teachers, tmp_path / "p", epochs=1, perturb=0.01, perturb_copies=2),
+                   progress=False)
+    info = meta["distillation"]["extra"][0]
+    lo, hi = meta["split"]["train"]
+    assert info["frames"] == 2 * (hi - lo) and "perturbed-0.01nm-x2-seed1" in info["path"]
+    moved = CGDataset(info["path"])
+    d = moved.positions - np.tile(ds.positions[lo:hi], (2, 1, 1))
+    assert 0.005 < d.std() < 0.015 and np.array_equal(moved.boxes, np.tile(ds.boxes[lo:hi], (2, 1, 1)))
 
 
 def test_bad_input_gives_one_line_errors_and_leaves_nothing(cg, teachers, tmp_path, capsys):
