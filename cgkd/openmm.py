@@ -104,6 +104,41 @@ class CGForceField:
         return system
 
 
+class StabilityReporter:
+    """An OpenMM reporter with `cgkd simulate`'s stability monitor, for any app.Simulation of a CG System made by
+    `CGForceField`: every `reportInterval` steps it checks for non-finite energies or positions, clumping below
+    `floor_factor` x the training data's closest approach per type pair, the model's neighbour budget and
+    (with a `temperature`) the kinetic temperature; a failed check raises a CgkdError naming the check, the
+    time and the beads involved.
+
+        sim.reporters.append(cgkd.openmm.StabilityReporter(ff, topology, 250, temperature=298.15))
+    """
+
+    def __init__(self, forcefield, topology, reportInterval, temperature=None, floor_factor=0.7, tolerance=0.25):
+        from .simulate import Monitor
+
+        if forcefield.onsets is None:
+            raise CgkdError("the model's metadata has no pair_onsets_nm: nothing to check clumping against")
+        names = [a.name for a in topology.atoms()]
+        self.interval = int(reportInterval)
+        self.monitor = Monitor(names, forcefield.bead_types, forcefield.onsets, floor_factor,
+                               forcefield.max_num_neighbors, forcefield.cutoff, temperature, 3 * len(names) - 3,
+                               tolerance)
+
+    def describeNextReport(self, simulation):
+        return {"steps": self.interval - simulation.currentStep % self.interval, "periodic": True,
+                "include": ["positions", "energy"]}
+
+    def report(self, simulation, state):
+        failure = self.monitor(state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
+                               state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
+                               state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
+                               state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole))
+        if failure:
+            t = state.getTime().value_in_unit(u.picosecond)
+            raise CgkdError(f"unstable at {t:.3f} ps (step {simulation.currentStep}): {failure[0]}: {failure[1]}")
+
+
 class TorchCallback:
     """The computation of an openmm.PythonForce: energy (kJ/mol) and forces (kJ/mol/nm) of an
     ExportedPotential for the State's positions and box, on the GPU when PyTorch has one."""

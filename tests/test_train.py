@@ -213,6 +213,32 @@ def test_pythonforce_backend_equals_torchforce(cg, trained):
     assert np.abs(f_t[1]).max() > 10  # the wall pushes
 
 
+def test_stability_reporter_in_an_openmm_script(cg, trained):
+    """The README's script pattern: a plain app.Simulation with cgkd's stability reporter runs quietly while
+    stable and stops with a CgkdError naming the check, the time and the beads once a pair clumps."""
+    import openmm.app as app
+
+    from cgkd.openmm import CGForceField, StabilityReporter, topology_from_dataset
+
+    out, _ = trained
+    ff = CGForceField(out)
+    top, pos = topology_from_dataset(cg, 0)
+
+    def simulation(positions):
+        integ = openmm.LangevinMiddleIntegrator(298.15 * u.kelvin, 1 / u.picosecond, 2 * u.femtosecond)
+        sim = app.Simulation(top, ff.createSystem(top), integ, openmm.Platform.getPlatformByName("CPU"))
+        sim.context.setPositions(positions)
+        sim.context.setVelocitiesToTemperature(298.15 * u.kelvin, 1)
+        sim.reporters.append(StabilityReporter(ff, top, 5, temperature=298.15, tolerance=1.0))
+        return sim
+
+    simulation(pos).step(10)  # stable: no error
+    bad = pos.copy()
+    bad[1] = bad[0] + np.array([0.05, 0.0, 0.0])  # far inside the CHO-CL floor
+    with pytest.raises(CgkdError, match=r"unstable at 0.010 ps \(step 5\): clumping: beads \d+ \(\w+\) and \d+ \(\w+\) at "):
+        simulation(bad).step(10)
+
+
 def test_cg_forcefield_bad_inputs(cg, trained, tmp_path):
     from cgkd.openmm import CGForceField, topology_from_dataset
 
