@@ -147,6 +147,7 @@ class Study:
             base = {**c.simulate, **c.references.get(name, {}).get("simulate", {}), "model": model, "start": c.dataset,
                     "threads": 1}
             base.pop("replicas", None)
+            base.setdefault("steps", config.SimConfig.steps)
             folder = self.out / "runs" / slug(name) / f"seed_{seed}"
             reps = c.references.get(name, {}).get("replicas", c.simulate.get("replicas", 3))
             for k in range(reps):
