@@ -7,7 +7,7 @@ import torch
 
 from .errors import CgkdError
 from .fileio import file_hash
-from .h5md import H5MDTrajectory
+from .h5md import H5MDTrajectory, H5MDWriter
 
 
 def _strings(values):
@@ -81,8 +81,6 @@ class CGDataset:
     def write(self, path, frames, displacement=None):
         """A CG trajectory file (H5MD, float32 positions, no forces) of the given frames, positions optionally
         displaced by `displacement` (len(frames), beads, 3) nm; it keeps the beads, masses and temperature."""
-        from .h5md import H5MDWriter
-
         pos = self.positions[frames] + (displacement if displacement is not None else 0.0)
         w = H5MDWriter.create(path, self.n_beads, group="cg", fields=("position",), masses=self.masses,
                               dtype={"position": np.float32})

@@ -12,8 +12,9 @@ eps, priors excluded) and the means run over the chosen teacher members; teacher
 The FM baseline is the same student with w_F only; one teacher is an ensemble of one. The student inherits
 the teachers' priors unchanged and uses their train | validation | test blocks, so it never sees test frames.
 Extra frames (CG trajectories labelled by the teachers, or with --perturb displaced copies of the training
-frames) join the training block without mapped forces, optionally weighted by the ensemble's agreement on them. Training shares `cgkd train`'s loop: early
-stopping on the validation loss, a checkpoint every epoch, exact `--resume`.
+frames) join the training block without mapped forces, optionally weighted by the ensemble's agreement on
+them. Training shares `cgkd train`'s loop: early stopping on the validation loss, a checkpoint every epoch,
+exact `--resume`.
 """
 import hashlib
 import json

@@ -244,10 +244,9 @@ def _label_locked(teachers, ds, key, offsets, out, batch_size, overwrite, progre
             k = len(fr)
             for i in fr:
                 teachers.budget_model.check_neighbors(torch.from_numpy(ds.positions[i]), torch.from_numpy(ds.boxes[i]))
-            p = torch.from_numpy(ds.positions[fr].reshape(-1, 3))
-            b, bi = torch.from_numpy(ds.boxes[fr]), torch.arange(k).repeat_interleave(n)
+            t, p, b, bi, _ = batch(ds, fr, types, forces=False)
             for j, model in enumerate(teachers.models):
-                eps, _, forces = model.energy_forces(types.repeat(k), p.clone(), b, bi)
+                eps, _, forces = model.energy_forces(t, p.clone(), b, bi)
                 eps = eps.detach().numpy().reshape(k, n) - off[j]
                 f["forces"][fr, j] = forces.detach().numpy().reshape(k, n, 3)
                 f["eps"][fr, j] = eps

@@ -119,11 +119,9 @@ class StabilityReporter:
 
         if forcefield.onsets is None:
             raise CgkdError("the model's metadata has no pair_onsets_nm: nothing to check clumping against")
-        names = [a.name for a in topology.atoms()]
         self.interval = int(reportInterval)
-        self.monitor = Monitor(names, forcefield.bead_types, forcefield.onsets, floor_factor,
-                               forcefield.max_num_neighbors, forcefield.cutoff, temperature, 3 * len(names) - 3,
-                               tolerance)
+        self.monitor = Monitor.for_forcefield(forcefield, [a.name for a in topology.atoms()], temperature,
+                                              floor_factor, tolerance)
 
     def describeNextReport(self, simulation):
         return {"steps": self.interval - simulation.currentStep % self.interval, "periodic": True,

@@ -134,6 +134,12 @@ class Monitor:
         self.tolerance = max(tolerance, 6.0 * math.sqrt(2.0 / ndof))
         self.closest = float("inf")
 
+    @classmethod
+    def for_forcefield(cls, ff, names, temperature, floor_factor, tolerance):
+        """The monitor of a CGForceField's model for beads `names` (centre-of-mass motion removed)."""
+        return cls(names, ff.bead_types, ff.onsets, floor_factor, ff.max_num_neighbors, ff.cutoff, temperature,
+                   3 * len(names) - 3, tolerance)
+
     def __call__(self, pos, box, pe, ke):
         if not (np.isfinite(pe) and np.isfinite(ke) and np.isfinite(pos).all()):
             return "non-finite", f"energy {pe} kJ/mol, kinetic {ke} kJ/mol or positions not finite"
@@ -175,10 +181,9 @@ class Replica:
         self.positions, self.seed, self.T = positions, seed, temperature
         self.names = [a.name for a in topology.atoms()]
         self.masses = np.array([ff.masses[n] for n in self.names])
-        self.ndof = 3 * len(self.names) - 3  # the System removes centre-of-mass motion
-        self.monitor = Monitor(self.names, ff.bead_types, ff.onsets, cfg.floor_factor, ff.max_num_neighbors,
-                               ff.cutoff, temperature if cfg.integrator == "langevin" else None, self.ndof,
-                               cfg.temperature_tolerance)
+        self.monitor = Monitor.for_forcefield(ff, self.names, temperature if cfg.integrator == "langevin" else None,
+                                              cfg.floor_factor, cfg.temperature_tolerance)
+        self.ndof = self.monitor.ndof
         self.platform = systems.default_platform(cfg.platform)
         self.steps_per_ps = 1000.0 / cfg.dt_fs
         self.resume_from = None
