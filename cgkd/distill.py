@@ -29,7 +29,7 @@ from .dataset import CGDataset, batch
 from .errors import CgkdError
 from .fileio import atomic_path
 from .labels import Teachers, eps_offsets, label
-from .train import build_model, evaluate, fit, model_metadata, write_model
+from .train import build_model, evaluate, finished_model, fit, model_metadata, write_model
 
 TERMS = (("mapped", "w_mapped"), ("forces", "w_forces"), ("energy", "w_energy"), ("eps", "w_eps"))
 
@@ -203,11 +203,13 @@ def distill(cfg, progress=True):
         v["val_teacher_force_rmse"] = evaluate(model, ds, types, val, cfg.batch_size, mean["forces"])["all"]["rmse"]
         return v
 
+    data_key = _data_key(cfg, ds, labels.attrs["key"], extra)
+    if (meta := finished_model(cfg, out, data_key)) is not None:
+        return meta
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        state = fit(model, cfg, out, cfg.seed, _data_key(cfg, ds, labels.attrs["key"], extra), train_frames, step,
-                    validate, "val_loss", progress)
+        state = fit(model, cfg, out, cfg.seed, data_key, train_frames, step, validate, "val_loss", progress)
     except BaseException:
         if created and not (out / "checkpoint.pt").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no empty folder behind

@@ -175,6 +175,21 @@ def fit(model, cfg, out_dir, seed, data_hash, train_frames, step, validate, scor
     return state
 
 
+def finished_model(cfg, out_dir, data_hash):
+    """With cfg.resume: the metadata of the model in out_dir when its checkpoint is on the same data and a
+    resume would train no further (so a finished model is returned as it is, not rewritten); else None."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / name for name in ("metadata.json", "model.pt", "checkpoint.pt")]
+    if not (cfg.resume and all(p.exists() for p in paths)):
+        return None
+    saved = load_checkpoint(paths[2])
+    state = saved["state"]
+    meta = json.loads(paths[0].read_text())
+    done = state["epoch"] >= cfg.epochs or state["since_best"] >= cfg.patience
+    same = saved["dataset_hash"] == data_hash and meta.get("epochs_run") == state["epoch"]
+    return meta if done and same else None
+
+
 def model_metadata(model, cfg, ds, split, seed, state, onsets):
     """metadata.json of a trained model (teacher or student): what `cgkd simulate`, `export` and
     `cgkd.openmm.CGForceField` read, plus provenance."""
@@ -205,6 +220,8 @@ def train_member(cfg, member_dir, seed, progress=True):
     """Train one model into member_dir by force matching; returns its metadata."""
     member_dir = Path(member_dir)
     ds = CGDataset(cfg.dataset, frames=slice(0, cfg.max_frames), forces=True)
+    if (meta := finished_model(cfg, member_dir, ds.hash)) is not None:
+        return meta
     split = ds.split(cfg.val_fraction, cfg.test_fraction)
     torch.manual_seed(seed)
     onsets, model = build_model(cfg, ds, split)

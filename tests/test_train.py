@@ -44,6 +44,11 @@ def test_resume_continues_exactly(cg, tmp_path):
     assert rows[1][:3] == before  # epochs 1-2 kept as written (timings included): continued, not redone
     losses = [[float(r.split(",")[1]) for r in rr[1:]] for rr in rows]
     assert len(losses[1]) == 3 and np.allclose(losses[0], losses[1], rtol=1e-6)
+    # Resuming a finished member returns it as written: the file (whose hash keys label caches) is not rewritten.
+    model_pt = tmp_path / "part" / "member_0" / "model.pt"
+    written = model_pt.stat().st_mtime_ns
+    train(config.TrainConfig(**{**vars(part), "epochs": 3, "resume": True}), progress=False)
+    assert model_pt.stat().st_mtime_ns == written
 
 
 def test_parallel_members_equal_serial_ones_and_the_ensemble_mean_is_evaluated(cg, trained, tmp_path):
