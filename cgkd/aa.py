@@ -1,8 +1,10 @@
 """AA runs: minimise, NPT equilibration, NVT production at the mean NPT volume, forces written to H5MD.
 
-Resumable: every `checkpoint_ps` the H5MD file is flushed and then a checkpoint (a JSON header line and
-an OpenMM context checkpoint) is written atomically beside it. `--resume` loads the checkpoint, drops any
-frames written after it, and continues, so frames are neither lost nor duplicated.
+Frames and checkpoints are written by `cgkd.reporters.H5MDReporter` (the protocol `cgkd simulate` uses too):
+every `checkpoint_ps` the H5MD file is flushed and then a checkpoint (a JSON header line and an OpenMM
+context checkpoint) is written atomically beside it. `--resume` loads the checkpoint, drops any frames
+written after it, and continues, so frames are neither lost nor duplicated. The NPT stage is rounded up to
+a whole number of strides, so production frames sit on the stride grid.
 """
 import copy
 import io
@@ -16,10 +18,11 @@ import openmm.app as app
 import openmm.unit as u
 from tqdm import tqdm
 
-from . import __version__, config, systems
+from . import config, systems
 from .errors import CgkdError
-from .fileio import atomic_path, check_writable, trim_csv
-from .h5md import H5MDTrajectory, H5MDWriter, create_series
+from .fileio import check_writable, trim_csv
+from .h5md import H5MDTrajectory, create_series
+from .reporters import H5MDReporter, read_checkpoint
 
 KB = 0.008314462618  # kJ/mol/K
 LOG_COLUMNS = ["stage", "step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "temperature_K",
@@ -29,20 +32,6 @@ LOG_COLUMNS = ["stage", "step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol",
 def paths(out):
     out = Path(out)
     return out, out.with_name(out.name + ".chk"), out.with_name(out.name + ".log.csv")
-
-
-def write_checkpoint(path, meta, blob):
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(json.dumps(meta).encode() + b"\n" + blob)
-
-
-def read_checkpoint(path):
-    data = Path(path).read_bytes()
-    head, _, blob = data.partition(b"\n")
-    try:
-        return json.loads(head), blob
-    except ValueError:
-        raise CgkdError(f"{path}: not a cgkd checkpoint") from None
 
 
 def scale_to_volume(positions, box, topology, volume):
@@ -64,7 +53,7 @@ class AARun:
         if cfg.resume:
             if not self.chk.is_file() or not self.out.is_file():
                 raise CgkdError(f"{self.chk}: no checkpoint to resume {self.out} from")
-            self.meta, self.blob = read_checkpoint(self.chk)
+            self.meta, _ = read_checkpoint(self.chk)
             saved = config.load(config.AAConfig, **self.meta["config"])
             # The run is defined by the saved config; OpenMM checkpoints load only on the platform that wrote
             # them, so only the thread count may change.
@@ -83,11 +72,11 @@ class AARun:
         self.P = cfg.pressure or self.spec.pressure
         self.dt = cfg.dt_fs or (4.0 if cfg.hmr else 2.0)
         self.steps_per_ps = 1000.0 / self.dt
-        self.n_npt = int(round(cfg.npt_ps * self.steps_per_ps))
         if cfg.stride < 1 or int(round(cfg.nvt_ps * self.steps_per_ps)) < cfg.stride:
             raise CgkdError(f"stride {cfg.stride} must be >= 1 and leave >= 1 frame in {cfg.nvt_ps} ps of NVT")
         if cfg.hmr and str(cfg.constraints).lower() == "none":
             raise CgkdError("--hmr needs constraints on bonds to hydrogen (--constraints HBonds)")
+        self.n_npt = -(-int(round(cfg.npt_ps * self.steps_per_ps)) // cfg.stride) * cfg.stride
         self.n_frames = int(round(cfg.nvt_ps * self.steps_per_ps)) // cfg.stride
         self.chk_frames = max(1, int(round(cfg.checkpoint_ps * self.steps_per_ps)) // cfg.stride)
         self.topology, self.positions = systems.load_box(self.spec, cfg.pdb)
@@ -110,43 +99,26 @@ class AARun:
         props = systems.platform_properties(self.platform, self.cfg.threads)
         return app.Simulation(self.topology, system, integ, self.platform, props)
 
-    def _create_file(self):
+    def _reporter(self):
+        """The H5MD reporter of the production frames (positions as the context holds them, forces)."""
         buf = io.StringIO()
         app.PDBFile.writeFile(self.topology, self.positions * u.nanometer, buf)
-        w = H5MDWriter.create(self.out, self.topology.getNumAtoms(), masses=self.masses,
-                              observables=[("potential_energy", "kJ mol-1")])
-        g = w.cgkd
-        create_series(g, "npt_volume", (), np.float64, "nm3")  # NPT samples: not per production frame
-        g.attrs["config"] = config.to_yaml(self.cfg)
-        g.attrs["seed"] = self.cfg.seed
-        g.attrs["system"] = self.spec.name
-        g.attrs["forcefield"] = self.spec.forcefield.name
-        g.attrs["temperature_K"] = self.T
-        g.attrs["pressure_bar"] = self.P
-        g.attrs["timestep_fs"] = self.dt
-        g.attrs["hmr"] = bool(self.cfg.hmr)
-        g.attrs["hydrogen_mass_amu"] = systems.HMR_HYDROGEN_MASS if self.cfg.hmr else 1.008
-        g.attrs["constraints_rule"] = self.cfg.constraints
-        g.attrs["platform"] = self.platform.getName()
-        g.create_dataset("topology_pdb", data=buf.getvalue())
-        g.create_dataset("constraints", data=systems.constrained_pairs(self.system))
         atoms = list(self.topology.atoms())
-        g.create_dataset("atom_names", data=[a.name for a in atoms])
-        g.create_dataset("residue_names", data=[a.residue.name for a in atoms])
-        g.create_dataset("residue_ids", data=[a.residue.index for a in atoms])
-        g.create_dataset("elements", data=[a.element.symbol for a in atoms])
-        # Physical masses (the mapping's centres of mass); /particles/all/mass holds the integrator's (HMR).
-        g.create_dataset("atom_masses", data=systems.atom_masses(self.spec, self.topology))
-        return w
-
-    def _checkpoint(self, sim, writer, stage, volume=None):
-        writer.file.flush()
-        meta = {"stage": stage, "step": sim.context.getStepCount(), "frames": len(writer),
-                "npt_samples": writer.cgkd["npt_volume/step"].shape[0], "nvt_volume": volume,
-                "config": json.loads(json.dumps(vars(self.cfg))), "cgkd_version": __version__,
-                "platform": self.platform.getName()}
-        write_checkpoint(self.chk, meta, sim.context.createCheckpoint())
-        self.meta = meta
+        attrs = {"config": config.to_yaml(self.cfg), "seed": self.cfg.seed, "system": self.spec.name,
+                 "forcefield": self.spec.forcefield.name, "temperature_K": self.T, "pressure_bar": self.P,
+                 "timestep_fs": self.dt, "hmr": bool(self.cfg.hmr),
+                 "hydrogen_mass_amu": systems.HMR_HYDROGEN_MASS if self.cfg.hmr else 1.008,
+                 "constraints_rule": self.cfg.constraints, "platform": self.platform.getName()}
+        datasets = {"topology_pdb": buf.getvalue(), "constraints": systems.constrained_pairs(self.system),
+                    "atom_names": [a.name for a in atoms], "residue_names": [a.residue.name for a in atoms],
+                    "residue_ids": [a.residue.index for a in atoms], "elements": [a.element.symbol for a in atoms],
+                    # Physical masses (the mapping's centres of mass); /particles/all/mass holds the integrator's (HMR).
+                    "atom_masses": systems.atom_masses(self.spec, self.topology)}
+        meta = {"stage": "npt", "npt_samples": 0, "nvt_volume": None,
+                "config": json.loads(json.dumps(vars(self.cfg)))}
+        return H5MDReporter(self.out, self.cfg.stride, self.chk_frames, forces=True, wrap=False,
+                            position_dtype=np.float64, attrs=attrs, datasets=datasets, checkpoint_meta=meta,
+                            resume=self.meta is not None, overwrite=True)
 
     def _log(self, stage, sim, state):
         pe = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
@@ -163,57 +135,53 @@ class AARun:
     def run(self, progress=True):
         cfg = self.cfg
         total = self.n_npt + self.n_frames * cfg.stride
+        h5 = self._reporter()
         if self.meta is None:
-            writer = self._create_file()
             self.log.write_text(",".join(LOG_COLUMNS) + "\n")
             sim = self._simulation(barostat=True)
+            h5.open(sim)
+            create_series(h5.writer.cgkd, "npt_volume", (), np.float64, "nm3")  # NPT samples: not per frame
             sim.context.setPositions(self.positions)
             sim.minimizeEnergy(maxIterations=cfg.minimize_iterations)
             sim.context.setVelocitiesToTemperature(self.T * u.kelvin, cfg.seed)
-            stage, volume = "npt", None
-            self._checkpoint(sim, writer, stage)
+            h5.checkpoint(sim)
         else:
-            stage, volume = self.meta["stage"], self.meta["nvt_volume"]
-            try:
-                writer = H5MDWriter(self.out)
-            except OSError as e:
-                raise CgkdError(f"{self.out}: cannot open the trajectory to resume ({e}); it was damaged when the "
-                                "run stopped: start the run again") from None
-            writer.truncate(self.meta["frames"])
-            writer.truncate_series(writer.cgkd["npt_volume"], self.meta["npt_samples"])
-            trim_csv(self.log, 1, self.meta["step"])
-            sim = self._simulation(barostat=stage == "npt")
-            try:
-                sim.context.loadCheckpoint(self.blob)
-            except Exception as e:  # OpenMM raises its own exception type for foreign checkpoints
-                raise CgkdError(f"{self.chk}: cannot load the checkpoint ({e})") from None
+            sim = self._simulation(barostat=self.meta["stage"] == "npt")
+            meta = h5.resume(sim)
+            h5.writer.truncate_series(h5.writer.cgkd["npt_volume"], meta["npt_samples"])
+            trim_csv(self.log, 1, meta["step"])
         bar = tqdm(total=total, initial=sim.context.getStepCount(), unit="step", disable=not progress,
                    desc=f"cgkd aa {self.spec.name}")
         self._t0, self._steps0 = time.perf_counter(), sim.context.getStepCount()
         try:
-            if stage == "npt":
-                volume = self._npt(sim, writer, bar)
+            if h5.checkpoint_meta["stage"] == "npt":
+                volume = self._npt(sim, h5, bar)
                 sim = self._to_nvt(sim, volume)
-                stage = "nvt"
-                self._checkpoint(sim, writer, stage, volume)
-            self._nvt(sim, writer, bar, volume)
+                h5.checkpoint(sim, stage="nvt", nvt_volume=volume)
+            sim.reporters = [_NVTLog(self), h5]
+            while sim.context.getStepCount() < total:
+                n = min(cfg.stride * self.chk_frames, total - sim.context.getStepCount())
+                sim.step(n)
+                bar.update(n)
+            h5.checkpoint(sim)
         finally:
             bar.close()
-            writer.close()
+            h5.close()
+        self.meta = h5.checkpoint_meta
         return self.summary()
 
-    def _npt(self, sim, writer, bar):
-        obs = writer.cgkd["npt_volume"]
+    def _npt(self, sim, h5, bar):
+        obs = h5.writer.cgkd["npt_volume"]
         while sim.context.getStepCount() < self.n_npt:
             n = min(self.cfg.stride, self.n_npt - sim.context.getStepCount())
             sim.step(n)
             bar.update(n)
             state = sim.context.getState(getEnergy=True)
             _, vol = self._log("npt", sim, state)
-            writer.append_series(obs, sim.context.getStepCount(),
-                                 state.getTime().value_in_unit(u.picosecond), vol)
+            h5.writer.append_series(obs, sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond), vol)
             if obs["step"].shape[0] % self.chk_frames == 0:
-                self._checkpoint(sim, writer, "npt")
+                h5.checkpoint(sim, npt_samples=obs["step"].shape[0])
+        h5.checkpoint_meta["npt_samples"] = obs["step"].shape[0]
         vols = obs["value"][:]
         if len(vols) == 0:
             return sim.context.getState().getPeriodicBoxVolume().value_in_unit(u.nanometer ** 3)
@@ -233,24 +201,6 @@ class AARun:
         nvt.context.setStepCount(sim.context.getStepCount())
         return nvt
 
-    def _nvt(self, sim, writer, bar, volume):
-        while len(writer) < self.n_frames:
-            sim.step(self.cfg.stride)
-            bar.update(self.cfg.stride)
-            self.write_frame(sim, writer)
-            if len(writer) % self.chk_frames == 0 or len(writer) == self.n_frames:
-                self._checkpoint(sim, writer, "nvt", volume)
-
-    def write_frame(self, sim, writer):
-        """Append the current positions, forces, box and potential energy to the file and the log."""
-        state = sim.context.getState(getPositions=True, getForces=True, getEnergy=True)
-        pe, _ = self._log("nvt", sim, state)
-        writer.append(sim.context.getStepCount(), state.getTime().value_in_unit(u.picosecond),
-                      state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
-                      observables={"potential_energy": pe},
-                      position=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
-                      force=state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
-
     def summary(self):
         with H5MDTrajectory(self.out) as traj:
             n = len(traj)
@@ -260,6 +210,20 @@ class AARun:
                 "nvt_volume_nm3": self.meta["nvt_volume"],
                 "npt_density_g_cm3": float(systems.density_g_cm3(self.masses.sum(), disc).mean()) if len(disc) else None,
                 "experiment_density_g_cm3": self.spec.density, "timestep_fs": self.dt, "hmr": bool(self.cfg.hmr)}
+
+
+class _NVTLog:
+    """A log line (stage nvt) at every production frame."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def describeNextReport(self, simulation):
+        interval = self.run.cfg.stride
+        return {"steps": interval - simulation.currentStep % interval, "periodic": False, "include": ["energy"]}
+
+    def report(self, simulation, state):
+        self.run._log("nvt", simulation, state)
 
 
 def run_aa(cfg, progress=True):

@@ -6,6 +6,9 @@
 The System has the bead masses, the model (ensemble mean) as a periodic openmmtorch.TorchForce, a
 CMMotionRemover, and the priors as native OpenMM forces: the repulsive walls as a CustomNonbondedForce
 (between molecules), bonds and angles of multi-bead molecules as HarmonicBondForce / HarmonicAngleForce.
+
+    sim.reporters.append(cgkd.openmm.StabilityReporter(ff, topology, 250, temperature=298.15))
+    sim.reporters.append(cgkd.openmm.H5MDReporter("traj.h5", 250, unwrapped=True))  # + traj.h5.chk
 """
 import json
 
@@ -17,6 +20,7 @@ import torch
 
 from .errors import CgkdError
 from .export import ExportedPotential, torch_force
+from .reporters import H5MDReporter, StabilityReporter, UnstableError  # noqa: F401  (cgkd.openmm is the scripts' API)
 
 
 class CGForceField:
@@ -102,39 +106,6 @@ class CGForceField:
                 system.addForce(f)
         system.addForce(openmm.CMMotionRemover())  # as openmm.app.ForceField does: no drift of the whole box
         return system
-
-
-class StabilityReporter:
-    """An OpenMM reporter with `cgkd simulate`'s stability monitor, for any app.Simulation of a CG System made by
-    `CGForceField`: every `reportInterval` steps it checks for non-finite energies or positions, clumping below
-    `floor_factor` x the training data's closest approach per type pair, the model's neighbour budget and
-    (with a `temperature`) the kinetic temperature; a failed check raises a CgkdError naming the check, the
-    time and the beads involved.
-
-        sim.reporters.append(cgkd.openmm.StabilityReporter(ff, topology, 250, temperature=298.15))
-    """
-
-    def __init__(self, forcefield, topology, reportInterval, temperature=None, floor_factor=0.7, tolerance=0.25):
-        from .simulate import Monitor
-
-        if forcefield.onsets is None:
-            raise CgkdError("the model's metadata has no pair_onsets_nm: nothing to check clumping against")
-        self.interval = int(reportInterval)
-        self.monitor = Monitor.for_forcefield(forcefield, [a.name for a in topology.atoms()], temperature,
-                                              floor_factor, tolerance)
-
-    def describeNextReport(self, simulation):
-        return {"steps": self.interval - simulation.currentStep % self.interval, "periodic": True,
-                "include": ["positions", "energy"]}
-
-    def report(self, simulation, state):
-        failure = self.monitor(state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
-                               state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
-                               state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
-                               state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole))
-        if failure:
-            t = state.getTime().value_in_unit(u.picosecond)
-            raise CgkdError(f"unstable at {t:.3f} ps (step {simulation.currentStep}): {failure[0]}: {failure[1]}")
 
 
 class TorchCallback:

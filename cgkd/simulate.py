@@ -24,12 +24,11 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from . import __version__, config, systems
-from .aa import read_checkpoint, write_checkpoint
 from .dataset import CGDataset
 from .errors import CgkdError
 from .fileio import check_writable, trim_csv, write_json
 from .observables import in_box
-from .h5md import H5MDTrajectory, H5MDWriter
+from .reporters import H5MDReporter, StabilityReporter, UnstableError, read_checkpoint
 
 KB = 0.008314462618  # kJ/mol/K
 LOG_COLUMNS = ["step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "total_kJ_mol", "temperature_K",
@@ -171,8 +170,33 @@ class Monitor:
         return None
 
 
+class LogReporter:
+    """log.csv of a CG run (LOG_COLUMNS) every reportInterval steps; reads the stability reporter's closest
+    pair, so it must follow it in `simulation.reporters`."""
+
+    def __init__(self, path, interval, stability, dt_fs, ndof, start_step):
+        self.path, self.interval, self.stability, self.dt_fs, self.ndof = path, interval, stability, dt_fs, ndof
+        self.t0, self.s0 = time.perf_counter(), start_step
+
+    def describeNextReport(self, simulation):
+        return {"steps": self.interval - simulation.currentStep % self.interval, "periodic": False,
+                "include": ["energy"]}
+
+    def report(self, simulation, state):
+        step = simulation.currentStep
+        pe = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        ke = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        elapsed = time.perf_counter() - self.t0
+        speed = (step - self.s0) * self.dt_fs * 1e-6 / (elapsed / 86400) if elapsed > 0 else 0.0
+        row = (step, state.getTime().value_in_unit(u.picosecond), pe, ke, pe + ke, 2.0 * ke / (self.ndof * KB),
+               self.stability.closest, speed)
+        with open(self.path, "a") as f:
+            f.write(",".join(f"{v:.8g}" for v in row) + "\n")
+
+
 class Replica:
-    """One CG run of a SimConfig in folder `out` with a prepared System; `run()` executes or resumes it."""
+    """One CG run of a SimConfig in folder `out` with a prepared System; `run()` executes or resumes it with
+    the reporters of cgkd.reporters (stability, log, H5MD + checkpoint)."""
 
     def __init__(self, cfg, ff, system, topology, positions, out, seed, temperature):
         self.cfg, self.system, self.topology = cfg, system, topology
@@ -180,28 +204,21 @@ class Replica:
         self.traj, self.chk, self.log = self.out / "traj.h5", self.out / "traj.h5.chk", self.out / "log.csv"
         self.positions, self.seed, self.T = positions, seed, temperature
         self.names = [a.name for a in topology.atoms()]
-        self.masses = np.array([ff.masses[n] for n in self.names])
-        self.monitor = Monitor.for_forcefield(ff, self.names, temperature if cfg.integrator == "langevin" else None,
-                                              cfg.floor_factor, cfg.temperature_tolerance)
-        self.ndof = self.monitor.ndof
+        self.stability = StabilityReporter(ff, topology, cfg.report, temperature if cfg.integrator == "langevin"
+                                           else None, cfg.floor_factor, cfg.temperature_tolerance)
+        self.ndof = self.stability.monitor.ndof
         self.platform = systems.default_platform(cfg.platform)
         self.steps_per_ps = 1000.0 / cfg.dt_fs
-        self.resume_from = None
+        self.resuming = False
 
     def check_resumable(self):
-        """Before any replica runs: the checkpoint and trajectory exist, match and load on this platform."""
+        """Before any replica runs: the checkpoint and trajectory exist and the checkpoint is for this platform."""
         if not self.chk.is_file() or not self.traj.is_file():
             raise CgkdError(f"{self.out}: nothing to resume (needs traj.h5 and traj.h5.chk)")
-        meta, blob = read_checkpoint(self.chk)
+        meta, _ = read_checkpoint(self.chk)
         if meta["platform"] != self.platform.getName():
             raise CgkdError(f"{self.chk}: written on the {meta['platform']} platform; resume it there")
-        try:
-            with H5MDTrajectory(self.traj) as t:
-                if len(t) < meta["frames"]:
-                    raise CgkdError(f"{self.traj}: {len(t)} frames, fewer than the checkpoint's {meta['frames']}")
-        except CgkdError as e:
-            raise CgkdError(f"cannot resume: {e}") from None
-        self.resume_from = (meta, blob)
+        self.resuming = True
 
     def _simulation(self):
         dt = self.cfg.dt_fs * u.femtosecond
@@ -215,96 +232,53 @@ class Replica:
             props = {**props, "Precision": self.cfg.precision}
         return app.Simulation(self.topology, self.system, integ, self.platform, props)
 
-    def _create_file(self):
-        w = H5MDWriter.create(self.traj, len(self.names), fields=("position", "unwrapped_position"),
-                              masses=self.masses, dtype={"position": np.float32, "unwrapped_position": np.float32},
-                              observables=[("potential_energy", "kJ mol-1"), ("kinetic_energy", "kJ mol-1"),
-                                           ("temperature", "K")])
-        g = w.cgkd
-        g.create_dataset("bead_types", data=self.names)
-        g.create_dataset("residue_names", data=[a.residue.name for a in self.topology.atoms()])
-        g.create_dataset("residue_ids", data=[a.residue.index for a in self.topology.atoms()])
-        g.attrs["config"] = config.to_yaml(self.cfg)
-        g.attrs["model"] = str(self.cfg.model)
-        g.attrs["seed"] = self.seed
-        g.attrs["temperature_K"] = self.T
-        g.attrs["timestep_fs"] = self.cfg.dt_fs
-        g.attrs["integrator"] = self.cfg.integrator
-        g.attrs["platform"] = self.platform.getName()
-        return w
-
-    def _checkpoint(self, sim, writer):
-        writer.file.flush()
-        meta = {"step": sim.context.getStepCount(), "frames": len(writer), "seed": self.seed,
-                "cgkd_version": __version__, "platform": self.platform.getName()}
-        write_checkpoint(self.chk, meta, sim.context.createCheckpoint())
+    def _h5md(self):
+        attrs = {"config": config.to_yaml(self.cfg), "model": str(self.cfg.model), "seed": self.seed,
+                 "temperature_K": self.T, "timestep_fs": self.cfg.dt_fs, "integrator": self.cfg.integrator,
+                 "platform": self.platform.getName()}
+        datasets = {"bead_types": self.names, "residue_names": [a.residue.name for a in self.topology.atoms()],
+                    "residue_ids": [a.residue.index for a in self.topology.atoms()]}
+        return H5MDReporter(self.traj, self.cfg.report, self.cfg.checkpoint_every, unwrapped=True, attrs=attrs,
+                            datasets=datasets, checkpoint_meta={"seed": self.seed}, resume=self.resuming,
+                            overwrite=True)
 
     def run(self, progress=True):
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         sim = self._simulation()
-        if self.resume_from is not None:
-            meta, blob = self.resume_from
-            try:
-                sim.context.loadCheckpoint(blob)
-            except Exception as e:  # OpenMM raises its own exception type for foreign checkpoints
-                raise CgkdError(f"{self.chk}: cannot load the checkpoint ({e})") from None
-            try:
-                writer = H5MDWriter(self.traj)
-            except OSError as e:
-                raise CgkdError(f"{self.traj}: cannot open the trajectory to resume ({e})") from None
-            writer.truncate(meta["frames"])
-            trim_csv(self.log, 0, meta["step"])
+        h5 = self._h5md()
+        if self.resuming:
+            trim_csv(self.log, 0, h5.resume(sim)["step"])
         else:
-            writer = self._create_file()
             self.log.write_text(",".join(LOG_COLUMNS) + "\n")
             sim.context.setPositions(self.positions)
             if cfg.minimize or cfg.units:
                 sim.minimizeEnergy(maxIterations=200)
             sim.context.setVelocitiesToTemperature(self.T * u.kelvin, self.seed)
-            self._checkpoint(sim, writer)
+            h5.checkpoint(sim)
         failure = None
         t0, s0 = time.perf_counter(), sim.context.getStepCount()
+        sim.reporters = [self.stability, LogReporter(self.log, cfg.report, self.stability, cfg.dt_fs, self.ndof, s0),
+                         h5]  # in this order: an unstable state is neither logged nor written
         bar = tqdm(total=cfg.steps, initial=s0, unit="step", disable=not progress, desc=f"cgkd simulate {self.out.name}")
         try:
             while sim.context.getStepCount() < cfg.steps:
-                step = sim.context.getStepCount()
-                n = min(cfg.report - step % cfg.report, cfg.steps - step)  # frames stay on the report grid
+                n = min(cfg.report * cfg.checkpoint_every, cfg.steps - sim.context.getStepCount())
                 try:
                     sim.step(n)
-                    state = sim.context.getState(getPositions=True, getEnergy=True)
+                except UnstableError as e:
+                    failure = (e.check, e.detail)
+                    break
                 except openmm.OpenMMException as e:  # NaN coordinates, the model's own assertions, ...
                     failure = ("openmm-error", f"OpenMM stopped: {e}")
                     break
                 bar.update(n)
-                step = sim.context.getStepCount()
-                if step % cfg.report:  # the run ends between two reports: checkpoint only
-                    self._checkpoint(sim, writer)
-                    break
-                pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-                box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
-                pe = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-                ke = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-                failure = self.monitor(pos, box, pe, ke)
-                if failure:
-                    break
-                t = state.getTime().value_in_unit(u.picosecond)
-                elapsed = time.perf_counter() - t0
-                speed = (step - s0) * cfg.dt_fs * 1e-6 / (elapsed / 86400)
-                T = 2.0 * ke / (self.ndof * KB)
-                with open(self.log, "a") as f:
-                    f.write(",".join(f"{v:.8g}" for v in (step, t, pe, ke, pe + ke, T, self.monitor.closest, speed))
-                            + "\n")
-                wrapped = pos - np.floor(pos @ np.linalg.inv(box)) @ box
-                writer.append(step, t, box, observables={"potential_energy": pe, "kinetic_energy": ke,
-                                                         "temperature": T},
-                              position=wrapped, unwrapped_position=pos)
-                if len(writer) % cfg.checkpoint_every == 0 or step >= cfg.steps:
-                    self._checkpoint(sim, writer)
+            if failure is None:
+                h5.checkpoint(sim)  # the end state (the run may end between two reports)
         finally:
             bar.close()
-            frames = len(writer)
-            writer.close()
+            frames = len(h5)
+            h5.close()
         elapsed = time.perf_counter() - t0
         step = sim.context.getStepCount()
         summary = {"out": str(self.traj), "seed": self.seed, "stable": failure is None, "frames": frames,
