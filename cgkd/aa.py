@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import config, systems
 from .errors import CgkdError
-from .fileio import check_writable, trim_csv
+from .fileio import check_writable, locks_output, trim_csv
 from .h5md import H5MDTrajectory, create_series
 from .reporters import H5MDReporter, read_checkpoint
 
@@ -226,5 +226,6 @@ class _NVTLog:
         self.run._log("nvt", simulation, state)
 
 
+@locks_output
 def run_aa(cfg, progress=True):
     return AARun(cfg).run(progress=progress)

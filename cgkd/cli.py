@@ -293,6 +293,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"cgkd {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, no permission, ...: checkpoints and finished outputs are written atomically
+        what = (e.strerror or str(e) or type(e).__name__).splitlines()[0]
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cgkd {args.command}: error: {where}{what}; what was written before is intact: free space or fix "
+              "permissions, then rerun with --resume", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,30 +23,33 @@ class CGDataset:
 
     def __init__(self, path, frames=None, forces=None, dtype=np.float32):
         self.path = Path(path)
-        with H5MDTrajectory(path) as t:
-            g = t.cgkd
-            if "bead_types" not in g:
-                raise CgkdError(f"{self.path}: no /cgkd/bead_types: not a CG dataset or trajectory from cgkd")
-            if forces and not t.has("force"):
-                raise CgkdError(f"{self.path}: no forces in this dataset; force matching needs mapped forces")
-            n = len(t)
-            if isinstance(frames, (int, np.integer)):
-                if not -n <= frames < n:
-                    raise CgkdError(f"{self.path}: frame {frames} out of range ({n} frames)")
-                frames = slice(frames % n, frames % n + 1)
-            frames = frames or slice(None)
-            self.type_names = _strings(g["bead_types"][:])
-            self.residues = g["residue_ids"][:] if "residue_ids" in g else np.arange(len(self.type_names))
-            self.residue_names = (_strings(g["residue_names"][:]) if "residue_names" in g
-                                  else list(self.type_names))
-            self.temperature = float(g.attrs["temperature_K"]) if "temperature_K" in g.attrs else None
-            self.masses = t.masses()
-            self.positions = t.positions(frames).astype(dtype)
-            self.boxes = t.boxes(frames).astype(dtype)
-            self.times = t.times()[frames]
-            self.forces = t.forces(frames).astype(dtype) if forces is not False and t.has("force") else None
-            self.unwrapped = (t.particles["unwrapped_position"]["value"][frames].astype(dtype)
-                              if "unwrapped_position" in t.particles else None)
+        try:
+            with H5MDTrajectory(path) as t:
+                g = t.cgkd
+                if "bead_types" not in g:
+                    raise CgkdError(f"{self.path}: no /cgkd/bead_types: not a CG dataset or trajectory from cgkd")
+                if forces and not t.has("force"):
+                    raise CgkdError(f"{self.path}: no forces in this dataset; force matching needs mapped forces")
+                n = len(t)
+                if isinstance(frames, (int, np.integer)):
+                    if not -n <= frames < n:
+                        raise CgkdError(f"{self.path}: frame {frames} out of range ({n} frames)")
+                    frames = slice(frames % n, frames % n + 1)
+                frames = frames or slice(None)
+                self.type_names = _strings(g["bead_types"][:])
+                self.residues = g["residue_ids"][:] if "residue_ids" in g else np.arange(len(self.type_names))
+                self.residue_names = (_strings(g["residue_names"][:]) if "residue_names" in g
+                                      else list(self.type_names))
+                self.temperature = float(g.attrs["temperature_K"]) if "temperature_K" in g.attrs else None
+                self.masses = t.masses()
+                self.positions = t.positions(frames).astype(dtype)
+                self.boxes = t.boxes(frames).astype(dtype)
+                self.times = t.times()[frames]
+                self.forces = t.forces(frames).astype(dtype) if forces is not False and t.has("force") else None
+                self.unwrapped = (t.particles["unwrapped_position"]["value"][frames].astype(dtype)
+                                  if "unwrapped_position" in t.particles else None)
+        except (OSError, KeyError) as e:  # h5py: truncated or bit-flipped (checksummed) data
+            raise CgkdError(f"{self.path}: damaged or unreadable H5MD ({str(e).splitlines()[0]})") from None
         if self.positions.shape[1] != len(self.type_names):
             raise CgkdError(f"{self.path}: {self.positions.shape[1]} beads per frame but {len(self.type_names)} "
                             "bead types")

@@ -27,7 +27,7 @@ import torch
 
 from .dataset import CGDataset, batch
 from .errors import CgkdError
-from .fileio import atomic_path
+from .fileio import atomic_path, locks_output
 from .labels import Teachers, eps_offsets, label
 from .train import build_model, evaluate, finished_model, fit, model_metadata, write_model
 
@@ -119,6 +119,7 @@ def _data_key(cfg, ds, labels_key, extra):
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
+@locks_output
 def distill(cfg, progress=True):
     """Train a student into cfg.out; returns its metadata (also in <out>/metadata.json)."""
     check_config(cfg)

@@ -1,5 +1,7 @@
 """Safe output: refuse to clobber without --overwrite, write to a temporary file and rename."""
 import contextlib
+import fcntl
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -26,6 +28,40 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def output_lock(path):
+    """Hold an exclusive lock on the output `path` (a file or a folder) while a run writes it: a second run
+    into the same output is refused instead of interleaving frames. The lock (`.<name>.lock` beside the
+    output, with the holder's pid) is released when the process ends, however it ends."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise CgkdError(f"{path}: another cgkd run (pid {fh.read().strip() or '?'}) is writing this output; "
+                            "wait for it to finish or choose another output") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+
+
+def locks_output(run):
+    """Decorator of a stage `run(cfg, ...)`: it holds output_lock(cfg.out) while it works."""
+
+    @functools.wraps(run)
+    def locked(cfg, *args, **kwargs):
+        if cfg.out is None:  # the stage names the missing option itself
+            return run(cfg, *args, **kwargs)
+        with output_lock(cfg.out):
+            return run(cfg, *args, **kwargs)
+
+    return locked
 
 
 def file_hash(path, chunk=1 << 20):
@@ -77,4 +113,5 @@ def trim_csv(path, column, last):
                 keep.append(r)
         except (ValueError, IndexError):
             continue
-    path.write_text("\n".join(rows[:1] + keep) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(rows[:1] + keep) + "\n")

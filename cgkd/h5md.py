@@ -1,7 +1,9 @@
 """H5MD trajectories (h5md.nongnu.org, v1.1): positions, forces, box, time and energies, plus a /cgkd group.
 
-Layout written by `H5MDWriter` (all time series share step/time; datasets are chunked and resizable,
-and the file is flushed at every frame, so it is always valid and readable by MDAnalysis):
+Layout written by `H5MDWriter` (all time series share step/time; datasets are chunked, resizable and
+Fletcher-32 checksummed, so a flipped bit fails the read instead of returning wrong numbers; the file is
+flushed after every whole frame, so a killed writer leaves a valid file that MDAnalysis reads — SWMR mode
+was tried and rejected: after a SIGKILL its files open only after `h5clear`):
 
     /h5md                             version [1, 1]; author, creator (cgkd + version)
     /particles/<group>/position       {step, time, value (frames, n, 3) nm}
@@ -29,7 +31,7 @@ def create_series(parent, name, shape, dtype, unit=None, compression=None):
     g.create_dataset("time", (0,), maxshape=(None,), dtype=np.float64, chunks=(1024,)).attrs["unit"] = "ps"
     chunk = (1,) + tuple(shape) if shape else (1024,)
     v = g.create_dataset("value", (0,) + tuple(shape), maxshape=(None,) + tuple(shape), dtype=dtype,
-                         chunks=chunk, compression=compression)
+                         chunks=chunk, compression=compression, fletcher32=True)  # bit flips fail loudly
     if unit:
         v.attrs["unit"] = unit
     return g
@@ -166,7 +168,12 @@ class H5MDTrajectory:
         return self.particles[name]["value"][frames]
 
     def __len__(self):
-        return self.particles["box/edges/step"].shape[0]
+        """Frames present in every per-frame series (a frame torn by a crash is not counted)."""
+        lengths = []
+        self.particles.visititems(lambda name, obj: lengths.append(obj.shape[0])
+                                  if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] in ("step", "value")
+                                  and obj.maxshape[0] is None else None)
+        return min(lengths)
 
     @property
     def n_particles(self):

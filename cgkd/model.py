@@ -186,6 +186,17 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(path):
+    """A cgkd checkpoint or model.pt; a damaged file (torch's zip archive with a failing CRC-32, which torch
+    itself does not check) is refused."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CgkdError(f"{path}: not a readable cgkd checkpoint ({e})") from None
+    if bad is not None:
+        raise CgkdError(f"{path}: damaged (the checksum of its part {bad} fails)")
     try:
         state = torch.load(path, weights_only=False)
     except Exception as e:  # torch raises several types for foreign or truncated files

@@ -7,6 +7,7 @@ and `cgkd aa` use themselves, so every stage shares one output and resume protoc
   written after it, so a killed run continues with no frame lost or duplicated.
 - `StabilityReporter` runs the CG stability monitor (`cgkd.simulate.Monitor`) and raises `UnstableError`.
 """
+import hashlib
 import json
 from pathlib import Path
 
@@ -23,8 +24,9 @@ KB = 0.008314462618  # kJ/mol/K
 
 
 def write_checkpoint(path, meta, blob):
+    """Header line (JSON, with the sha256 of the blob) and the OpenMM checkpoint blob, written atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(json.dumps(meta).encode() + b"\n" + blob)
+        tmp.write_bytes(json.dumps({**meta, "sha256": hashlib.sha256(blob).hexdigest()}).encode() + b"\n" + blob)
 
 
 def read_checkpoint(path):
@@ -38,8 +40,10 @@ def read_checkpoint(path):
         meta = json.loads(head)
     except ValueError:
         meta = None
-    if not isinstance(meta, dict) or not {"step", "frames", "platform"} <= set(meta) or not blob:
+    if not isinstance(meta, dict) or not {"step", "frames", "platform", "sha256"} <= set(meta):
         raise CgkdError(f"{path}: not a cgkd checkpoint (damaged or another kind of file)")
+    if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+        raise CgkdError(f"{path}: damaged (its checksum does not match: truncated or altered)")
     return meta, blob
 
 

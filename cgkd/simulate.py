@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import __version__, config, systems
 from .dataset import CGDataset
 from .errors import CgkdError
-from .fileio import check_writable, trim_csv, write_json
+from .fileio import check_writable, locks_output, trim_csv, write_json
 from .observables import in_box
 from .reporters import H5MDReporter, StabilityReporter, UnstableError, read_checkpoint
 
@@ -340,6 +340,7 @@ def resume_config(out, steps=None, threads=None):
     return config.load(config.SimConfig, saved, steps=steps, threads=threads, resume=True)
 
 
+@locks_output
 def simulate(cfg, progress=True):
     """Run cfg.replicas independent replicas; returns the summary (also written to <out>/summary.json)."""
     from .openmm import CGForceField

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import config
 from .errors import CgkdError
-from .fileio import write_json
+from .fileio import output_lock, write_json
 
 PHASES = ("models", "runs", "compare")
 
@@ -233,10 +233,11 @@ class Study:
                 raise CgkdError(f"cgkd study: a {phase} job failed; its log is in {self.out / 'jobs'}:\n{e}") from None
 
     def run(self, progress=True):
-        self.prepare(progress)
-        for phase in PHASES:
-            self.run_phase(phase, progress)
-        return aggregate(self)
+        with output_lock(self.out):
+            self.prepare(progress)
+            for phase in PHASES:
+                self.run_phase(phase, progress)
+            return aggregate(self)
 
 
 def _frames(path):

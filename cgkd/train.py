@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import __version__, observables
 from .dataset import CGDataset, batch
 from .errors import CgkdError
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, locks_output, write_json
 from .labels import eps_offsets
 from .model import CGPotential, load_checkpoint, load_model, max_neighbors, pair_onsets, save_checkpoint
 from .priors import BondedPrior, RepulsivePrior, fit_bonded
@@ -259,6 +259,7 @@ def _member(args):
     return train_member(cfg, member_dir, seed, progress=threads is None)
 
 
+@locks_output
 def train(cfg, progress=True):
     """Train cfg.ensemble members into cfg.out (member_<k>, seeds seed + k); returns their metadata."""
     if cfg.dataset is None:
