@@ -23,7 +23,8 @@ HELP = {
     "export": "TorchScript export of a model or ensemble for openmmtorch.TorchForce",
     "simulate": "CG MD with a trained model in OpenMM (TorchForce + native priors), with a stability monitor",
     "compare": "score CG trajectories against the mapped AA reference: RDF, ADF, CDF, diffusion; report + plots",
-    "demo": "run the pipeline at demo scale (currently: build, a short AA run with forces, map to CG beads)",
+    "pipeline": "the whole chain from one YAML: [build, aa, map, train,] label, distill, export, simulate, compare, report",
+    "demo": "the smallest pipeline on the shipped ethaline data and teachers: a student, its CG run and a report vs AA",
 }
 
 
@@ -226,29 +227,31 @@ def cmd_compare(args):
     print(f"wrote {result['out']}/report.md, results.json and {len(result['plots'])} plots")
 
 
-def cmd_demo(args):
-    from . import mapping, readers, systems
-    from .aa import run_aa
+def cmd_pipeline(args, cfg=None):
+    from .pipeline import Pipeline, PipelineConfig, score_table
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = systems.load_system("ethaline")
-    box = out / "ethaline_50.pdb"
-    systems.build_box(spec, 50, box, seed=1, overwrite=True)
-    print(f"[demo] packed {box}: 50 choline + 50 chloride + 100 ethylene glycol (2100 atoms)")
-    cfg = config.AAConfig(system="ethaline", pdb=str(box), out=str(out / "aa.h5"), npt_ps=args.npt_ps,
-                          nvt_ps=args.nvt_ps, stride=250, hmr=True, checkpoint_ps=5.0, overwrite=True)
-    s = run_aa(cfg)
-    print(f"[demo] {s['out']}: {s['frames']} frames of positions, forces (kJ/mol/nm), box and energy every "
-          f"{cfg.stride} steps; NPT density {s['npt_density_g_cm3']:.4f} g/cm^3 "
-          f"(experiment {s['experiment_density_g_cm3']}); log {s['out']}.log.csv")
-    m = mapping.map_trajectory(readers.open_trajectory(out / "aa.h5"), mapping.MappingSpec.load(
-        spec.path / "mapping.yaml"), out / "ethaline_cg.h5", overwrite=True)
-    print(f"[demo] {m['out']}: {m['frames']} frames of {m['beads']} beads ({', '.join(m['bead_types'])}), "
-          f"centre-of-mass positions and summed forces; CG topology {m['topology']}")
+    cfg = cfg or _config(PipelineConfig, args)
+    state = Pipeline(cfg).run()
+    print(f"\nreport: {state['stages']['report']['out']}\n")
+    print(score_table(state))
+
+
+def cmd_demo(args):
+    from .pipeline import PipelineConfig
+
+    from .systems import ROOT
+
+    cfg = config.load(PipelineConfig, DEMO_CONFIG, out=args.out)
+    cfg.dataset, cfg.teachers = str(ROOT / cfg.dataset), str(ROOT / cfg.teachers)  # the YAML's paths: in the repo
+    cfg.against = {name: str(ROOT / model) for name, model in cfg.against.items() if (ROOT / model).is_dir()}
+    cmd_pipeline(args, cfg)
+
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "systems" / "ethaline" / "pipeline_demo.yaml"  # `cgkd demo`
 
 
 def parser():
+    from .pipeline import PipelineConfig
     from .study import StudyConfig
 
     p = argparse.ArgumentParser(prog="cgkd", description="Machine-learned CG force fields for deep eutectic "
@@ -259,7 +262,8 @@ def parser():
     stages = {"build": (config.BuildConfig, cmd_build), "aa": (config.AAConfig, cmd_aa),
               "map": (config.MapConfig, cmd_map), "train": (config.TrainConfig, cmd_train),
               "label": (config.LabelConfig, cmd_label), "distill": (config.DistillConfig, cmd_distill),
-              "study": (StudyConfig, cmd_study), "export": (config.ExportConfig, cmd_export),
+              "study": (StudyConfig, cmd_study), "pipeline": (PipelineConfig, cmd_pipeline),
+              "export": (config.ExportConfig, cmd_export),
               "simulate": (config.SimConfig, cmd_simulate), "compare": (config.CompareConfig, cmd_compare)}
     parsers = {}
     for name, (cls, func) in stages.items():
@@ -274,9 +278,7 @@ def parser():
     c.add_argument("--triplets", nargs="+", help="ADF/CDF triplets NEIGHBOUR-CENTRE-NEIGHBOUR (default: like "
                    "neighbours around every centre type)")
     d = sub.add_parser("demo", help=HELP["demo"], description=HELP["demo"])
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--npt-ps", type=float, default=20.0)
-    d.add_argument("--nvt-ps", type=float, default=20.0)
+    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     d.set_defaults(func=cmd_demo)
     return p
 
