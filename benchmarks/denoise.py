@@ -100,7 +100,7 @@ def main():
         cfg = config.TrainConfig(dataset=str(tmp / "lj.h5"), out=str(tmp / "teachers"), cutoff=0.6, arch=t_arch,
                                  channels=t_channels, layers=t_layers, rbf=16, ensemble=a.teachers, workers=a.workers,
                                  **fit)
-        metas = train(cfg, progress=True)
+        metas = train(cfg, progress=True).members
         lo, hi = metas[0]["split"]["test"]
         test = np.arange(lo, hi)
         members = [clean_error(tmp / "teachers" / f"member_{k}", pos, boxes, clean, test) for k in range(a.teachers)]

@@ -108,12 +108,12 @@ def cmd_map(args):
 def cmd_train(args):
     from .train import train
 
-    metas = train(_config(config.TrainConfig, args))
-    for k, m in enumerate(metas):
+    result = train(_config(config.TrainConfig, args))
+    for k, m in enumerate(result.members):
         t = m["metrics"]["test"]["all"]
         print(f"member {k} (seed {m['seed']}): test force RMSE {t['rmse']:.2f} kJ/mol/nm, MAE {t['mae']:.2f}; "
               f"force-energy consistency {m['force_energy_consistency_max_rel']:.1e}")
-    summary = json.loads((Path(metas[0]["config"]["out"]) / "ensemble.json").read_text())
+    summary = result.ensemble
     if "ensemble_mean" in summary:
         print(f"ensemble mean: test force RMSE {summary['ensemble_mean']['all']['rmse']:.2f} kJ/mol/nm "
               f"(average member {summary['average_member_rmse']:.2f})")
@@ -238,11 +238,12 @@ def cmd_pipeline(args, cfg=None):
 
 def cmd_demo(args):
     from .pipeline import PipelineConfig
-
     from .systems import ROOT
 
-    cfg = config.load(PipelineConfig, DEMO_CONFIG, out=args.out)
-    cfg.dataset, cfg.teachers = str(ROOT / cfg.dataset), str(ROOT / cfg.teachers)  # the YAML's paths: in the repo
+    cfg = config.load(PipelineConfig, args.config or DEMO_CONFIG, out=args.out)
+    for key in ("dataset", "teachers"):  # the YAML's relative paths are in the repository
+        if getattr(cfg, key) is not None:
+            setattr(cfg, key, str(ROOT / getattr(cfg, key)))
     cfg.against = {name: str(ROOT / model) for name, model in cfg.against.items() if (ROOT / model).is_dir()}
     cmd_pipeline(args, cfg)
 
@@ -278,7 +279,9 @@ def parser():
     c.add_argument("--triplets", nargs="+", help="ADF/CDF triplets NEIGHBOUR-CENTRE-NEIGHBOUR (default: like "
                    "neighbours around every centre type)")
     d = sub.add_parser("demo", help=HELP["demo"], description=HELP["demo"])
-    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--config", help=f"pipeline YAML (default: {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[2])}; "
+                   "relative paths in it are taken from the repository)")
+    d.add_argument("--out", help="output folder (default: the YAML's out, runs/demo)")
     d.set_defaults(func=cmd_demo)
     return p
 

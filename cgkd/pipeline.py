@@ -139,7 +139,7 @@ class Pipeline:
         from .train import train
 
         metas = train(self._section(config.TrainConfig, self.cfg.train, dataset=self.dataset, out=self.teachers,
-                                    resume=True), progress=self.progress)
+                                    resume=True), progress=self.progress).members
         return {"out": self.teachers, "test_force_rmse": [m["metrics"]["test"]["all"]["rmse"] for m in metas]}
 
     def _label(self):

@@ -259,9 +259,16 @@ def _member(args):
     return train_member(cfg, member_dir, seed, progress=threads is None)
 
 
+@dataclasses.dataclass
+class TrainResult:
+    """What `cgkd train` made: every member's metadata and the ensemble's test errors (also in ensemble.json)."""
+    members: list
+    ensemble: dict
+
+
 @locks_output
 def train(cfg, progress=True):
-    """Train cfg.ensemble members into cfg.out (member_<k>, seeds seed + k); returns their metadata."""
+    """Train cfg.ensemble members into cfg.out (member_<k>, seeds seed + k); returns a TrainResult."""
     if cfg.dataset is None:
         raise CgkdError("cgkd train: --dataset (a CG dataset from `cgkd map`) is required")
     out = Path(cfg.out)
@@ -285,4 +292,4 @@ def train(cfg, progress=True):
         summary["average_member_rmse"] = float(np.mean([m["rmse"] for m in summary["members"]]))
     write_json(out / "ensemble.json", summary)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    return metas
+    return TrainResult(metas, summary)

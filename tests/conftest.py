@@ -37,5 +37,5 @@ def cg(small_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(cg, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "ens"
-    metas = train(config.TrainConfig(dataset=cg, out=str(out), ensemble=2, **FAST), progress=False)
+    metas = train(config.TrainConfig(dataset=cg, out=str(out), ensemble=2, **FAST), progress=False).members
     return out, metas

@@ -53,11 +53,13 @@ def test_resume_continues_exactly(cg, tmp_path):
 
 def test_parallel_members_equal_serial_ones_and_the_ensemble_mean_is_evaluated(cg, trained, tmp_path):
     out, metas = trained
-    par = train(config.TrainConfig(dataset=cg, out=str(tmp_path / "par"), ensemble=2, workers=2, **FAST),
-                progress=False)
+    result = train(config.TrainConfig(dataset=cg, out=str(tmp_path / "par"), ensemble=2, workers=2, **FAST),
+                   progress=False)
+    par = result.members
     for a, b in zip(metas, par):
         assert a["seed"] == b["seed"]
         assert a["metrics"]["test"]["all"]["rmse"] == pytest.approx(b["metrics"]["test"]["all"]["rmse"], rel=1e-4)
+    assert result.ensemble == json.loads((tmp_path / "par" / "ensemble.json").read_text())  # returned = written
     ens = json.loads((out / "ensemble.json").read_text())
     members = [load_model(out / f"member_{k}") for k in (0, 1)]
     # The ensemble prediction is the mean force of the members: check it on one test frame by hand.
@@ -139,7 +141,8 @@ def test_two_bead_choline_gets_bonded_priors_and_exports(small_run, tmp_path):
     cfg, _ = small_run
     spec = mapping.MappingSpec.load(SYSTEMS_DIR / "ethaline" / "mapping_choline2.yaml")
     cg2 = mapping.map_trajectory(readers.open_trajectory(cfg.out), spec, tmp_path / "cg2.h5", progress=False)["out"]
-    metas = train(config.TrainConfig(dataset=cg2, out=str(tmp_path / "m2"), **{**FAST, "epochs": 1}), progress=False)
+    metas = train(config.TrainConfig(dataset=cg2, out=str(tmp_path / "m2"), **{**FAST, "epochs": 1}),
+                  progress=False).members
     assert metas[0]["prior"]["bonded"]["bonds"] == 10  # one HEAD-TAIL bond per choline
     assert metas[0]["force_energy_consistency_max_rel"] < 1e-4
     model = load_model(tmp_path / "m2" / "member_0")
