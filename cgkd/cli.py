@@ -157,14 +157,16 @@ def cmd_study(args):
 
     if not args.config:
         raise CgkdError("cgkd study: --config (a study YAML, e.g. benchmarks/ablation.yaml) is required")
-    result = Study(_config(StudyConfig, args)).run()
+    study = Study(_config(StudyConfig, args))
+    result = study.report() if args.report else study.run()
     for kind in ("variants", "references"):
         for name, seeds in result[kind].items():
             rdf = [e.get("rdf_error_mean") for e in seeds if e.get("rdf_error_mean") is not None]
             stable = [e["stable_fraction"] for e in seeds if e.get("stable_fraction") is not None]
             print(f"{name}: RDF error {np.mean(rdf):.3f} +- {np.std(rdf):.3f} over {len(rdf)} seed(s); "
                   f"stable {np.mean(stable):.2f}" if rdf else f"{name}: no comparison yet")
-    print(f"cgkd study: results in {Path(result['config']['out']) / 'ablation.json'}")
+    out = Path(result["config"]["out"])
+    print(f"cgkd study: results in {out / 'ablation.json'}; table and plot in {out / 'study.md'}")
 
 
 def cmd_export(args):
@@ -273,6 +275,8 @@ def parser():
         parsers[name] = sp = sub.add_parser(name, help=HELP[name], **{"description": HELP[name], **extra})
         _add_config_flags(sp, cls)
         sp.set_defaults(func=func)
+    parsers["study"].add_argument("--report", action="store_true", help="only gather what has finished into "
+                                  "ablation.json and study.md (table, RDF-error plot); run nothing")
     c = parsers["compare"]
     c.add_argument("--model", action="append", help="NAME=PATH[,PATH...]: a model's CG trajectories (replicas); "
                    "repeat for more models")

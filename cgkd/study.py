@@ -237,7 +237,15 @@ class Study:
             self.prepare(progress)
             for phase in PHASES:
                 self.run_phase(phase, progress)
-            return aggregate(self)
+            return self.report()
+
+    def report(self):
+        """ablation.json and study.md (table and plot) from whatever has finished; returns the aggregate."""
+        from . import study_report
+
+        result = aggregate(self)
+        study_report.write(result, self.out)
+        return result
 
 
 def _frames(path):

@@ -58,6 +58,9 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     meta = json.loads((out / "models" / slug("KD-1 {f}") / "seed_1" / "metadata.json").read_text())
     assert meta["distillation"]["used_members"] == [0]
     assert result["noise_floor"] and all(v >= 0 for v in result["noise_floor"].values())
+    table = (out / "study.md").read_text()
+    assert "| FM | 1 |" in table and "| teacher | 1 |" in table and "stress dt20" in table
+    assert "AA noise floor" in table and (out / "study_rdf_error.png").stat().st_size > 1000
     capsys.readouterr()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
     assert main(["study", "--config", str(f)]) == 0
@@ -65,3 +68,6 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     for phase, n in (("models", 2), ("runs", 8), ("compare", 4)):
         assert f"{phase}: {n} done, 0 to run" in printed
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
+    (out / "study.md").unlink()
+    assert main(["study", "--config", str(f), "--report"]) == 0  # gathers only: the table comes back
+    assert "| KD-1 {f} | 1 |" in (out / "study.md").read_text()
