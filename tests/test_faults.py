@@ -139,3 +139,45 @@ def test_damaged_inputs_give_one_line_errors_and_overwrite_nothing(cg, trained, 
     _damage(cfg, how)
     code, err = _cli(capsys, "train", "--config", cfg)
     assert code == 2 and len(err) == 1 and "train.yaml" in err[0] and not (tmp_path / "y").exists()
+
+
+def _kill_when(cmd, ready, delay):
+    """Start `cmd`, wait until the file `ready` exists, wait `delay` s more, SIGKILL it; True if it was killed."""
+    import os
+    import signal
+    import time
+
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    while not ready.exists() and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(delay)
+    killed = p.poll() is None
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    return killed
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.7])
+def test_sigkill_during_a_cg_run_then_resume_gives_the_uninterrupted_run(cg, trained, tmp_path, capsys, delay):
+    model, _ = trained
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    args = ["simulate", "--model", model, "--start", cg, "--steps", 1000, *SIM]
+    assert _cli(capsys, *args, "--out", ref)[0] == 0
+    cmd = [sys.executable, "-m", "cgkd.cli", *map(str, args), "--out", str(out)]
+    assert _kill_when(cmd, out / "replica_0" / "traj.h5.chk", delay)
+    assert _cli(capsys, "simulate", "--out", out, "--resume")[0] == 0
+    with H5MDTrajectory(ref / "replica_0" / "traj.h5") as a, H5MDTrajectory(out / "replica_0" / "traj.h5") as b:
+        assert np.array_equal(a.steps(), b.steps())
+        np.testing.assert_allclose(b.positions(), a.positions(), atol=1e-4)
+
+
+def test_sigkill_during_training_then_resume_gives_the_uninterrupted_run(cg, tmp_path, capsys):
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**FAST, "epochs": 4}.items()]
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert _cli(capsys, "train", "--dataset", cg, "--out", ref, *flags)[0] == 0
+    cmd = [sys.executable, "-m", "cgkd.cli", "train", "--dataset", str(cg), "--out", str(out), *flags]
+    assert _kill_when(cmd, out / "member_0" / "checkpoint.pt", 0.3)
+    assert _cli(capsys, "train", "--dataset", cg, "--out", out, *flags, "--resume")[0] == 0
+    rows = [(d / "member_0" / "metrics.csv").read_text().splitlines() for d in (ref, out)]
+    losses = [[float(r.split(",")[1]) for r in rr[1:]] for rr in rows]
+    assert len(losses[1]) == 4 and np.allclose(losses[0], losses[1], rtol=1e-6)
