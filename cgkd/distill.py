@@ -185,24 +185,26 @@ def distill(cfg, progress=True):
             terms["eps"] = (sq(eps, target, n) * w).sum() / w.sum()
         terms = {k_: v / scales[k_] for k_, v in terms.items()}
         total = sum(weights[k_] * v for k_, v in terms.items())
-        return total, terms
+        return total, terms, f
 
     def step(frames):
-        total, terms = losses(frames, create_graph=True)
+        total, terms, _ = losses(frames, create_graph=True)
         return total, {f"loss_{k}": v.item() for k, v in terms.items()}
 
     val = np.arange(*split["val"])
 
-    def validate():
-        total, count = 0.0, 0
+    def validate():  # one pass: the loss and the force errors against the mapped and the teachers' forces
+        total, sq_mapped, sq_teachers = 0.0, 0.0, 0.0
         for s in range(0, len(val), cfg.batch_size):
             fr = val[s:s + cfg.batch_size]
-            total += losses(fr, create_graph=False)[0].item() * len(fr)
-            count += len(fr)
-        v = {"val_loss": total / count}
-        v["val_force_rmse"] = evaluate(model, ds, types, val, cfg.batch_size)["all"]["rmse"]
-        v["val_teacher_force_rmse"] = evaluate(model, ds, types, val, cfg.batch_size, mean["forces"])["all"]["rmse"]
-        return v
+            loss, _, f = losses(fr, create_graph=False)
+            total += loss.item() * len(fr)
+            f = f.detach().numpy().reshape(len(fr), n, 3)
+            sq_mapped += float(((f - ds.forces[fr]) ** 2).sum())
+            sq_teachers += float(((f - mean["forces"][fr]) ** 2).sum())
+        size = len(val) * n * 3
+        return {"val_loss": total / len(val), "val_force_rmse": float(np.sqrt(sq_mapped / size)),
+                "val_teacher_force_rmse": float(np.sqrt(sq_teachers / size))}
 
     data_key = _data_key(cfg, ds, labels.attrs["key"], extra)
     if (meta := finished_model(cfg, out, data_key)) is not None:
