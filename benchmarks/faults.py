@@ -140,6 +140,15 @@ def check_simulate(out, ref):
         assert np.allclose(a.positions(), b.positions(), atol=1e-4), "positions differ from the uninterrupted run"
 
 
+def save(results):
+    """Merge this sweep's stages into benchmarks/results/faults.json."""
+    from cgkd.bench import record
+
+    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"stages": {}}
+    old["stages"].update(results["stages"])
+    record(RESULTS, {**old, **{k: v for k, v in results.items() if k != "stages"}, "stages": old["stages"]})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=20, help="kill points per stage")
@@ -191,11 +200,7 @@ def main():
                 print(f"{name} point {k}: kill at {at:.1f}s/{wall:.1f}s -> {'held' if point['held'] else point['failure']}",
                       flush=True)
             results["stages"][name] = rec
-    RESULTS.parent.mkdir(exist_ok=True)
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"stages": {}}
-    old["stages"].update(results["stages"])
-    old.update({k: v for k, v in results.items() if k != "stages"})
-    RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+            save(results)  # after every stage: a sweep cut short keeps what it measured
     for name, rec in results["stages"].items():
         print(f"{name:9s} {rec['held']}/{len(rec['points'])} held (reference {rec['reference_wall_s']} s)")
 
