@@ -108,7 +108,7 @@ def main():
         entry = {"change": CONDITIONS[name], "epochs_run": meta["epochs_run"],
                  "train_frames": meta["split"]["train"][1] - meta["split"]["train"][0],
                  "test_force_rmse": meta["metrics"]["test"]["all"]["rmse"], "stable": r["stable"],
-                 "time_ps": r["time_ps"], "ns_per_day": r["ns_per_day"], "failed_check": r.get("failed_check")}
+                 "time_ps": r["time_ps"], "failed_check": r.get("failed_check")}
         if r["frames"] >= 16:
             c = compare(dataset, {name: [r["out"]]}, work / "compare" / model.name, CompareSettings(blocks=4),
                         progress=False)
