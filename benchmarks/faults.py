@@ -149,12 +149,27 @@ def save(results):
     record(RESULTS, {**old, **{k: v for k, v in results.items() if k != "stages"}, "stages": old["stages"]})
 
 
+def table(results):
+    """The README's table: per stage, kills tried, how many landed while it ran, restarts, and what held."""
+    rows = ["| stage | SIGKILLs | landed while running | started again (no checkpoint yet) | final output complete, "
+            "readable, equal to the uninterrupted run |", "|---|---|---|---|---|"]
+    for name, rec in results["stages"].items():
+        pts = rec["points"]
+        rows.append(f"| {name} | {len(pts)} | {sum(p['killed'] for p in pts)} | "
+                    f"{sum(bool(p.get('restarted')) for p in pts)} | {rec['held']}/{len(pts)} |")
+    return "\n".join(rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=20, help="kill points per stage")
     ap.add_argument("--stages", nargs="*", default=["aa", "train", "label", "distill", "simulate"])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--table", action="store_true", help="print the README table of the recorded results, run nothing")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return
     rng = random.Random(args.seed)
     results = {"points_per_stage": args.points, "seed": args.seed, "stages": {}}
     with tempfile.TemporaryDirectory() as tmp:
