@@ -174,13 +174,13 @@ def main():
     results = {"points_per_stage": args.points, "seed": args.seed, "stages": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        table = stages(work)
+        commands = stages(work)
         t0 = time.perf_counter()
         subprocess.run(CGKD + ["label", "--help"], check=True, capture_output=True)
         startup = time.perf_counter() - t0
         results["startup_s"] = round(startup, 1)
         for name in args.stages:
-            start, resume, out_name, check = table[name]
+            start, resume, out_name, check = commands[name]
             ref = work / f"ref_{out_name}"
             code, wall, _, err = run(start, ref)
             assert code == 0, f"{name}: the reference run failed: {err}"
