@@ -92,21 +92,23 @@ def card(student, teachers, compare, sim, speed, study):
                       for t, v in compare["diffusion_nm2_per_ps"]["reference"].items())
                   + " (CG dynamics are faster than AA: rescale time, or use the model for structure)."]
     if study:
-        lines.append(f"- Ablation (`cgkd study`, STUDY.md): see its table for seeds and stress runs.")
+        lines.append("- Ablation (`cgkd study`, STUDY.md): see its table for seeds and stress runs.")
     if speed:
-        lines += ["", "## Speed (CPU, this machine: 2 cores)", "",
-                  "| model | ns/day | steps/s |", "|---|---|---|"]
-        for key, label in (("student", "student"), ("teacher", "one teacher"), ("ensemble", "8-teacher ensemble"),
-                           ("aa", "AA (2100 atoms, 4 fs HMR)")):
-            if key in speed.get("speed", {}):
-                v = speed["speed"][key]
-                lines.append(f"| {label} | {v['ns_per_day']:.1f} | {v.get('steps_per_s', float('nan')):.1f} |")
-        lines += ["", "Ratios: " + ", ".join(f"{k} {v:.1f}×" for k, v in speed.get("ratios", {}).items()) + "."]
+        lines += ["", f"## Speed ({speed['platform']} platform, {speed['threads']} threads, 200 beads; "
+                  "`benchmarks/results/student_speed.json`)", "",
+                  "| model | timestep (largest stable in the scan) | steps/s | ns/day |", "|---|---|---|---|"]
+        for key, label in (("student", "student"), ("teacher", "one teacher"), ("ensemble", "8-teacher ensemble")):
+            v = speed[key]
+            lines.append(f"| {label} | {v['dt_fs']:g} fs | {v['steps_per_s']:.1f} | {v['ns_per_day']:.1f} |")
+        lines.append(f"| AA, {speed['aa']['atoms']} atoms (OPLS-DES, PME, HMR) | 4 fs | – | {speed['aa']['ns_per_day']:.1f} |")
+        lines += ["", f"Student vs ensemble {speed['student_vs_ensemble']:.1f}×, vs one teacher "
+                  f"{speed['student_vs_teacher']:.1f}×, CG student vs AA {speed['student_cg_vs_aa']:.1f}× "
+                  "(ns/day ratios measured in one run)."]
     lines += ["", "## Limits", "",
               "- One state point: 298.15 K, 1:2 composition, the reference density (NVT). Other temperatures, "
               "compositions or pressures are extrapolation; the stress runs at 350 K only test stability.",
-              f"- Timestep: tested at the settings above; the beads' closest approaches in the data set the walls "
-              f"(`pair_onsets_nm` in the metadata) and the stability monitor's floors.",
+              "- Timestep: tested at the settings above; the beads' closest approaches in the data set the walls "
+              "(`pair_onsets_nm` in the metadata) and the stability monitor's floors.",
               "- Box sizes: any box of whole molecules with edges ≥ 2 × the model's reach "
               f"({h['cutoff']} nm plus the walls); `--replicate` and `--units` build larger ones (tested), "
               "the neighbour budget grows with density, not size.",
