@@ -2,11 +2,12 @@
 card's numbers are the files' numbers.
 
     python benchmarks/model_card.py --student forcefields/cg/ethaline/student \
-        --teachers forcefields/cg/ethaline/teachers --compare runs/ship/compare/results.json \
-        --sim runs/ship/sim --speed benchmarks/results/student_speed.json
+        --teachers forcefields/cg/ethaline/teachers \
+        --compare benchmarks/results/shipped_student/compare_results.json \
+        --sim benchmarks/results/shipped_student/sim_summary.json --speed benchmarks/results/student_speed.json
 
 --compare: `cgkd compare` results of the student's CG runs against the AA reference (first model in it);
---sim: the `cgkd simulate` folder of those runs (summary.json); --speed: student_speed.json;
+--sim: the `cgkd simulate` summary.json of those runs; --speed: student_speed.json;
 --study: ablation.json of `cgkd study` (optional: the student's row, seeds and stress runs).
 """
 import argparse
@@ -27,6 +28,10 @@ def rel(path):
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
+def _frames(block):
+    return f"{block[0]}–{block[1] - 1}"
+
+
 def card(student, teachers, compare, sim, speed, study):
     s = load(Path(student) / "metadata.json")
     tmetas = [load(m / "metadata.json") for m in sorted(Path(teachers).glob("member_*"))]
@@ -45,8 +50,8 @@ def card(student, teachers, compare, sim, speed, study):
              "(50 CHO, 50 CL, 100 EGL: one bead per molecule at its centre of mass, forces summed over its atoms), "
              "mapped from 1 ns of all-atom NVT of 50 choline chloride : ethylene glycol 1:2 formula units (2100 "
              "atoms, OPLS-DES, Doherty & Acevedo 2018) at 298.15 K and the NPT density 1.1175 g/cm³ (experiment "
-             f"1.1156). Contiguous blocks: frames {s['split']['train']} train, {s['split']['val']} validation, "
-             f"{s['split']['test']} test (the last 100 ps are never seen in training). Recipe: "
+             f"1.1156). Contiguous blocks: frames {_frames(s['split']['train'])} train, {_frames(s['split']['val'])} "
+             f"validation, {_frames(s['split']['test'])} test (the last 100 ps are never seen in training). Recipe: "
              "`systems/ethaline/reference/README.md`.", "",
              "## Architecture", "",
              f"- Student: TorchMD-Net `{h['arch']}` representation, {h['layers']} layer(s) × {h['channels']} channels, "
@@ -60,16 +65,19 @@ def card(student, teachers, compare, sim, speed, study):
              f"{tmetas[0]['config']['patience']}), seeds {[m['seed'] for m in tmetas]}, epochs run "
              f"{[m['epochs_run'] for m in tmetas]}.",
              f"- Student: `cgkd distill` from {len(d.get('used_members', []))} teachers; loss weights (each term divided "
-             f"by its target's variance) {d.get('weights')}; teacher-labelled displaced frames: "
-             f"{'σ = %g nm × %d copies' % (cfg['perturb'], cfg['perturb_copies']) if cfg.get('perturb') else 'none'}; "
-             f"{s['epochs_run']} epochs (early stopping on the validation loss, patience {cfg['patience']}), "
-             f"seed {s['seed']}.", "",
+             f"by its target's variance) " + ", ".join(f"w_{k} {v:g}" for k, v in d.get("weights", {}).items() if v)
+             + "; teacher-labelled displaced training frames: "
+             f"{'σ = %g nm, %d copy (weighted by the ensemble agreement)' % (cfg['perturb'], cfg['perturb_copies']) if cfg.get('perturb') else 'none'}; "
+             f"{s['epochs_run']} epochs " + (f"(the cap: the validation loss was still falling; patience {cfg['patience']})"
+                                             if s["epochs_run"] >= cfg["epochs"] else
+                                             f"(early stopping on the validation loss, patience {cfg['patience']})")
+             + f", seed {s['seed']}.", "",
              "## Test metrics (last 100 frames)", "",
              "| model | force RMSE vs mapped (kJ/mol/nm) | vs teachers' mean |", "|---|---|---|",
              f"| student | {test['forces_vs_mapped']['all']['rmse']:.1f} | {test['forces_vs_teachers']['all']['rmse']:.1f} |",
              f"| teacher (mean of members) | {np.mean([m['metrics']['test']['all']['rmse'] for m in tmetas]):.1f} | – |"]
     if "ensemble_mean" in ens:
-        lines.append(f"| teacher ensemble mean | {ens['ensemble_mean']['all']['rmse']:.1f} | 0 |")
+        lines.append(f"| teacher ensemble mean | {ens['ensemble_mean']['all']['rmse']:.1f} | (itself) |")
     lines += ["", "The mapped forces are noisy (RMS 274 kJ/mol/nm per component): most of the RMSE against them is "
               "the noise of the mapping, which no model can predict.", ""]
     lines += ["## Structure and stability", ""]
@@ -78,8 +86,9 @@ def card(student, teachers, compare, sim, speed, study):
         sc = compare["scores"][name]
         rdf = {k[4:]: v["mean"] for k, v in sc.items() if k.startswith("rdf ")}
         js = [v["mean"] for k, v in sc.items() if k.startswith(("adf ", "cdf "))]
-        runs = load(Path(sim) / "summary.json") if sim else None
-        lines += [f"CG runs of the student compared with the AA reference (`cgkd compare`; {rel(sim) if sim else ''}):", ""]
+        runs = load(sim)
+        lines += ["CG runs of the student compared with the AA reference (`cgkd compare`; results in "
+                  f"`{rel(Path(sim).parent)}/`):", ""]
         if runs:
             reps = runs["replicas"]
             lines.append(f"- {len(reps)} replica(s) of {reps[0]['time_ps']:.0f} ps at {runs['timestep_fs']:g} fs, "
@@ -94,16 +103,21 @@ def card(student, teachers, compare, sim, speed, study):
     if study:
         lines.append("- Ablation (`cgkd study`, STUDY.md): see its table for seeds and stress runs.")
     if speed:
+        scan = [f"{r['dt_fs']:g}" for r in speed["student_timestep_scan"]]
         lines += ["", f"## Speed ({speed['platform']} platform, {speed['threads']} threads, 200 beads; "
                   "`benchmarks/results/student_speed.json`)", "",
+                  f"Each model runs at the largest timestep that kept 2 replicas of 5 ps stable in a scan over "
+                  f"{', '.join(scan)} fs — a short test: the structure runs above used 10 fs.", "",
                   "| model | timestep (largest stable in the scan) | steps/s | ns/day |", "|---|---|---|---|"]
         for key, label in (("student", "student"), ("teacher", "one teacher"), ("ensemble", "8-teacher ensemble")):
             v = speed[key]
             lines.append(f"| {label} | {v['dt_fs']:g} fs | {v['steps_per_s']:.1f} | {v['ns_per_day']:.1f} |")
         lines.append(f"| AA, {speed['aa']['atoms']} atoms (OPLS-DES, PME, HMR) | 4 fs | – | {speed['aa']['ns_per_day']:.1f} |")
+        at10 = speed["student"]["steps_per_s"] * 10.0 * 86400e-6
         lines += ["", f"Student vs ensemble {speed['student_vs_ensemble']:.1f}×, vs one teacher "
                   f"{speed['student_vs_teacher']:.1f}×, CG student vs AA {speed['student_cg_vs_aa']:.1f}× "
-                  "(ns/day ratios measured in one run)."]
+                  f"(ns/day ratios measured in one run); at 10 fs the student makes {at10:.0f} ns/day, "
+                  f"{at10 / speed['aa']['ns_per_day']:.1f}× AA."]
     lines += ["", "## Limits", "",
               "- One state point: 298.15 K, 1:2 composition, the reference density (NVT). Other temperatures, "
               "compositions or pressures are extrapolation; the stress runs at 350 K only test stability.",

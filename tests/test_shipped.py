@@ -19,6 +19,7 @@ def test_the_readme_openmm_script_runs_the_shipped_student(tmp_path, monkeypatch
         assert f'"{path}"' in script
         script = script.replace(f'"{path}"', repr(str(ROOT / path)))
     script = script.replace("1000", "20").replace("sim.step(100_000)", "sim.step(100)")
+    script = script.replace("checkpointInterval=10", "checkpointInterval=2")
     monkeypatch.chdir(tmp_path)
     exec(compile(script, "README.md", "exec"), {})
     with H5MDTrajectory(tmp_path / "cg.h5") as t:
