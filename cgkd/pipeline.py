@@ -237,6 +237,6 @@ def score_table(state):
     scores = state["stages"]["compare"]["scores"]
     names = list(scores)
     keys = list(scores[names[0]])
-    rows = [f"{'score':28s}" + "".join(f"{n:>14s}" for n in names)]
-    rows += [f"{k:28s}" + "".join(f"{scores[n][k]:14.4g}" for n in names) for k in keys]
+    rows = [f"{'score':28s}" + "".join(f" {n:>16s}" for n in names)]
+    rows += [f"{k:28s}" + "".join(f" {scores[n][k]:16.4g}" for n in names) for k in keys]
     return "\n".join(rows)
