@@ -22,7 +22,7 @@ from . import config, systems
 from .errors import CgkdError
 from .fileio import check_writable, locks_output, trim_csv
 from .h5md import H5MDTrajectory, create_series
-from .reporters import H5MDReporter, read_checkpoint
+from .reporters import H5MDReporter, next_report, read_checkpoint
 
 KB = 0.008314462618  # kJ/mol/K
 LOG_COLUMNS = ["stage", "step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "temperature_K",
@@ -219,8 +219,7 @@ class _NVTLog:
         self.run = run
 
     def describeNextReport(self, simulation):
-        interval = self.run.cfg.stride
-        return {"steps": interval - simulation.currentStep % interval, "periodic": False, "include": ["energy"]}
+        return next_report(simulation, self.run.cfg.stride, ["energy"])
 
     def report(self, simulation, state):
         self.run._log("nvt", simulation, state)

@@ -47,6 +47,12 @@ def read_checkpoint(path):
     return meta, blob
 
 
+def next_report(simulation, interval, include):
+    """OpenMM's describeNextReport answer for a reporter every `interval` steps on the absolute step grid,
+    positions unwrapped (cgkd wraps them itself where it needs to)."""
+    return {"steps": interval - simulation.currentStep % interval, "periodic": False, "include": include}
+
+
 def degrees_of_freedom(system):
     """3N minus constraints, minus 3 when the centre-of-mass motion is removed."""
     cm = any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces())
@@ -140,7 +146,7 @@ class H5MDReporter:
 
     def describeNextReport(self, simulation):
         include = ["positions", "energy"] + ["forces"] * ("force" in self.fields) + ["velocities"] * ("velocity" in self.fields)
-        return {"steps": self.interval - simulation.currentStep % self.interval, "periodic": False, "include": include}
+        return next_report(simulation, self.interval, include)
 
     def report(self, simulation, state):
         if self.writer is None:
@@ -199,8 +205,7 @@ class StabilityReporter:
         return self.monitor.closest
 
     def describeNextReport(self, simulation):
-        return {"steps": self.interval - simulation.currentStep % self.interval, "periodic": False,
-                "include": ["positions", "energy"]}
+        return next_report(simulation, self.interval, ["positions", "energy"])
 
     def report(self, simulation, state):
         failure = self.monitor(state.getPositions(asNumpy=True).value_in_unit(u.nanometer),

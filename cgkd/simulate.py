@@ -28,7 +28,7 @@ from .dataset import CGDataset
 from .errors import CgkdError
 from .fileio import check_writable, locks_output, trim_csv, write_json
 from .observables import in_box
-from .reporters import H5MDReporter, StabilityReporter, UnstableError, read_checkpoint
+from .reporters import H5MDReporter, StabilityReporter, UnstableError, next_report, read_checkpoint
 
 KB = 0.008314462618  # kJ/mol/K
 LOG_COLUMNS = ["step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "total_kJ_mol", "temperature_K",
@@ -179,8 +179,7 @@ class LogReporter:
         self.t0, self.s0 = time.perf_counter(), start_step
 
     def describeNextReport(self, simulation):
-        return {"steps": self.interval - simulation.currentStep % self.interval, "periodic": False,
-                "include": ["energy"]}
+        return next_report(simulation, self.interval, ["energy"])
 
     def report(self, simulation, state):
         step = simulation.currentStep
