@@ -102,6 +102,8 @@ class MDAnalysisReader(AATrajectoryReader):
                 raise CgkdError(f"{p}: file does not exist")
         try:
             kw = {"format": fmt} if fmt else {}
+            if dt_ps is not None:
+                kw["dt"] = dt_ps
             self.u = mda.Universe(str(topology), str(path), **kw)
         except Exception as e:  # MDAnalysis raises many types for malformed input
             raise CgkdError(f"{self.path}: cannot read with topology {topology} ({e})") from None

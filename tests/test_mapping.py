@@ -242,3 +242,62 @@ def test_extended_xyz_maps_like_h5md_and_masses_come_from_elements(small_run, tm
     R2, F2 = mapping.map_block(op, p2, f2, b2)
     assert np.allclose(R1, R2, atol=1e-5) and np.allclose(F1, F2, rtol=1e-5, atol=1e-3)
     assert np.allclose(times, [0.0, 2.0, 4.0])
+
+
+def _pdb(names, resnames, resids, elements, pos):
+    lines = [f"ATOM  {i + 1:5d} {n:<4s} {r:3s} A{ri + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00          {e:>2s}"
+             for i, (n, r, ri, e, (x, y, z)) in enumerate(zip(names, resnames, resids, elements, pos))]
+    return "\n".join(lines + ["END", ""])
+
+
+@pytest.mark.parametrize("units, to_kj", [("real", 4.184), ("metal", 96.48533212)])
+def test_lammps_dump_triclinic_units_and_unwrapping(tmp_path, units, to_kj):
+    """A hand-written LAMMPS dump in a triclinic cell (lo at -2 A): water-like molecules whose atoms are wrapped
+    across the tilted faces map to the centres of mass of the whole molecules, forces convert from
+    kcal/mol/A (real) or eV/A (metal) to kJ/mol/nm, and times are steps x dt."""
+    a, b, c = np.array([30.0, 0, 0]), np.array([6.0, 28.0, 0]), np.array([-4.0, 5.0, 26.0])  # Angstrom
+    cell, lo = np.array([a, b, c]), np.full(3, -2.0)
+    rng = np.random.default_rng(3)
+    # Whole molecules (O, H, H) placed so that H atoms cross the a-, b- and tilted c-faces.
+    centres = [lo + 0.99 * a + 0.5 * b + 0.5 * c, lo + 0.5 * a + 0.99 * b + 0.5 * c, lo + 0.3 * a + 0.6 * b + 0.01 * c]
+    whole = np.concatenate([[o, o + [0.96, 0.0, 0.0], o + [-0.24, 0.93, -0.6]] for o in centres])
+    frac = np.linalg.solve(cell.T, (whole - lo).T).T
+    wrapped = lo + (frac - np.floor(frac)) @ cell
+    assert (np.floor(frac) != 0).any(axis=0).all()  # atoms were moved across all three faces
+    forces = rng.normal(size=whole.shape)  # in the dump's units
+    names, resnames = ["O", "H1", "H2"] * 3, ["WAT"] * 9
+    resids, elements = np.repeat(np.arange(3), 3), ["O", "H", "H"] * 3
+    top = tmp_path / "wat.pdb"
+    top.write_text(_pdb(names, resnames, resids, elements, whole))
+    xy, xz, yz = b[0], c[0], c[1]
+    xlo_b, xhi_b = lo[0] + min(0, xy, xz, xy + xz), lo[0] + a[0] + max(0, xy, xz, xy + xz)
+    frames = []
+    for step in (0, 500):
+        frames += ["ITEM: TIMESTEP", str(step), "ITEM: NUMBER OF ATOMS", "9",
+                   "ITEM: BOX BOUNDS xy xz yz pp pp pp", f"{xlo_b} {xhi_b} {xy}",
+                   f"{lo[1] + min(0, yz)} {lo[1] + b[1] + max(0, yz)} {xz}", f"{lo[2]} {lo[2] + c[2]} {yz}",
+                   "ITEM: ATOMS id type x y z fx fy fz"]
+        frames += [f"{i + 1} {1 if elements[i] == 'O' else 2} {p[0]:.6f} {p[1]:.6f} {p[2]:.6f} "
+                   f"{f[0]:.6f} {f[1]:.6f} {f[2]:.6f}" for i, (p, f) in enumerate(zip(wrapped, forces))]
+    dump = tmp_path / "wat.lammpstrj"
+    dump.write_text("\n".join(frames) + "\n")
+    with pytest.raises(CgkdError, match="give --dt-ps"):
+        readers.open_trajectory(dump, top, lammps_units=units)
+    reader = readers.open_trajectory(dump, top, lammps_units=units, dt_ps=0.002)
+    pos, frc, box, steps, times = next(reader.blocks(10))
+    assert np.allclose(box[0], cell / 10.0, atol=1e-5)
+    assert np.allclose(times, [0.0, 1.0]) and list(steps) == [0, 500]
+    spec = mapping.MappingSpec.from_dict({"residues": {"WAT": {"beads": [{"name": "W", "type": "W", "atoms": "all"}]}}})
+    op = _ops(spec, reader.topology)
+    R, F = mapping.map_block(op, pos, frc, box)
+    m = np.array([15.999, 1.008, 1.008])
+    # MDAnalysis moves the cell's origin (lo) to 0: a rigid translation of the whole frame.
+    com = np.array([(m[:, None] * (whole[3 * k:3 * k + 3] - lo)).sum(0) / m.sum() for k in range(3)]) / 10.0
+    df = np.linalg.solve(cell.T / 10.0, (R[0] - com).T).T  # bead - true COM in cell coordinates: whole lattice steps
+    assert np.allclose(df, np.rint(df), atol=1e-4)
+    inside = np.linalg.solve(cell.T / 10.0, R[0].T).T
+    assert (inside >= -1e-9).all() and (inside < 1 + 1e-9).all()
+    expect = np.array([forces[3 * k:3 * k + 3].sum(0) for k in range(3)]) * to_kj * 10.0
+    assert np.allclose(F[0], expect, rtol=1e-5, atol=1e-4)
+    with pytest.raises(CgkdError, match="real or metal"):
+        readers.open_trajectory(dump, top, lammps_units="lj", dt_ps=0.002)

@@ -232,19 +232,24 @@ def test_stability_reporter_in_an_openmm_script(cg, trained):
     ff = CGForceField(out)
     top, pos = topology_from_dataset(cg, 0)
 
-    def simulation(positions):
+    def simulation(positions, interval):
         integ = openmm.LangevinMiddleIntegrator(298.15 * u.kelvin, 1 / u.picosecond, 2 * u.femtosecond)
         sim = app.Simulation(top, ff.createSystem(top), integ, openmm.Platform.getPlatformByName("CPU"))
         sim.context.setPositions(positions)
         sim.context.setVelocitiesToTemperature(298.15 * u.kelvin, 1)
-        sim.reporters.append(StabilityReporter(ff, top, 5, temperature=298.15, tolerance=1.0))
+        sim.reporters.append(StabilityReporter(ff, top, interval, temperature=298.15, tolerance=1.0))
         return sim
 
-    simulation(pos).step(10)  # stable: no error
+    simulation(pos, 5).step(10)  # stable: no error
+    # A CHO-CL pair at 80% of its clumping floor (0.7 x the onset): the first check fires. (Far deeper, the wall
+    # gives NaN coordinates within one 2 fs step, before any reporter can run.)
+    names = [a.name for a in top.atoms()]
+    i, j = names.index("CHO"), names.index("CL")
+    onset = ff.onsets[ff.bead_types.index("CHO")][ff.bead_types.index("CL")]
     bad = pos.copy()
-    bad[1] = bad[0] + np.array([0.05, 0.0, 0.0])  # far inside the CHO-CL floor
-    with pytest.raises(CgkdError, match=r"unstable at 0.010 ps \(step 5\): clumping: beads \d+ \(\w+\) and \d+ \(\w+\) at "):
-        simulation(bad).step(10)
+    bad[j] = bad[i] + np.array([0.8 * 0.7 * onset, 0.0, 0.0])
+    with pytest.raises(CgkdError, match=rf"unstable at 0.002 ps \(step 1\): clumping: beads ({i}|{j}) \(C\w+\) and "):
+        simulation(bad, 1).step(10)
 
 
 def test_cg_forcefield_bad_inputs(cg, trained, tmp_path):
