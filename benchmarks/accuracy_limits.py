@@ -62,12 +62,8 @@ def trained(name, change, work, threads):
 def floor(dataset, work):
     out = work / "noise_floor"
     if not (out / "results.json").exists():
-        ds = CGDataset(dataset)
-        n = len(ds)
-        ds.write(work / "aa_first_half.h5", np.arange(n // 2))
-        ds.write(work / "aa_second_half.h5", np.arange(n // 2, n))
-        compare(str(work / "aa_first_half.h5"), {"AA second half": [str(work / "aa_second_half.h5")]}, out,
-                CompareSettings(blocks=4), progress=False)
+        first, second = CGDataset(dataset).write_halves(work)
+        compare(str(first), {"AA second half": [str(second)]}, out, CompareSettings(blocks=4), progress=False)
     return json.loads((out / "results.json").read_text())["scores"]["AA second half"]
 
 

@@ -170,22 +170,17 @@ def cmd_study(args):
 
 
 def cmd_export(args):
-    from .dataset import CGDataset
-    from .export import export
-    from .model import load_ensemble
+    from .export import export_model
 
     cfg = _config(config.ExportConfig, args)
     if not cfg.model or not cfg.topology:
         raise CgkdError("cgkd export: --model (a model or ensemble folder) and --topology (a CG dataset or "
                         "trajectory giving the bead types) are required")
-    src = Path(cfg.model)
-    _, models = load_ensemble(src)
-    top = CGDataset(cfg.topology, frames=0, forces=False)
-    out = Path(cfg.out or src / "model.ts")
+    out = Path(cfg.out or Path(cfg.model) / "model.ts")
     if out.exists() and not cfg.overwrite:
         raise CgkdError(f"{out}: output exists; pass --overwrite to replace it")
-    export(models, list(top.type_names), out, include_prior=not cfg.no_prior, molecules=top.residues)
-    print(f"wrote {out}: {len(models)} member(s), {top.n_beads} beads, energy in kJ/mol from positions in nm")
+    out, members, beads = export_model(cfg.model, cfg.topology, out, include_prior=not cfg.no_prior)
+    print(f"wrote {out}: {members} member(s), {beads} beads, energy in kJ/mol from positions in nm")
 
 
 def cmd_simulate(args):

@@ -98,6 +98,13 @@ class CGDataset:
         w.close()
         return Path(path)
 
+    def write_halves(self, folder):
+        """The first and the second half of the frames as two CG trajectories in `folder` (aa_first_half.h5,
+        aa_second_half.h5, the second written last): compared with each other they give the noise floor."""
+        n = len(self)
+        first = self.write(Path(folder) / "aa_first_half.h5", np.arange(n // 2))
+        return first, self.write(Path(folder) / "aa_second_half.h5", np.arange(n // 2, n))
+
     def bead_masses(self, type_names):
         """{bead type: mass in amu} for the given types ({} when the file has no masses)."""
         if self.masses is None:

@@ -63,6 +63,19 @@ def export(models, bead_types, path, include_prior=True, molecules=None):
     return path
 
 
+def export_model(model_dir, topology, out=None, include_prior=True):
+    """Export a model or ensemble folder for the beads of a CG dataset or trajectory (`cgkd export`); returns
+    (path written, number of members, number of beads). Default path: <model_dir>/model.ts."""
+    from .dataset import CGDataset
+    from .model import load_ensemble
+
+    _, models = load_ensemble(model_dir)
+    top = CGDataset(topology, frames=0, forces=False)
+    path = export(models, list(top.type_names), Path(out or Path(model_dir) / "model.ts"),
+                  include_prior=include_prior, molecules=top.residues)
+    return path, len(models), top.n_beads
+
+
 @functools.lru_cache(maxsize=None)
 def load_torch_plugins():
     """Load OpenMM-Torch's platform kernels that failed to load because openmm was imported before torch

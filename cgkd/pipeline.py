@@ -160,15 +160,9 @@ class Pipeline:
                 "test_force_rmse_vs_teachers": t["forces_vs_teachers"]["all"]["rmse"]}
 
     def _export(self):
-        from .dataset import CGDataset
-        from .export import export
-        from .model import load_ensemble
+        from .export import export_model
 
-        _, models = load_ensemble(self.student)
-        top = CGDataset(self.dataset, frames=0, forces=False)
-        out = self.student / "model.ts"
-        export(models, list(top.type_names), out, molecules=top.residues)
-        return {"out": str(out)}
+        return {"out": str(export_model(self.student, self.dataset)[0])}
 
     def _simulate(self):
         from .simulate import simulate

@@ -3,12 +3,13 @@
 For every variant (a set of `cgkd distill` settings) and seed it distils a student, runs CG simulations of it
 (default replicas and stress runs: larger timesteps, a higher temperature) and compares the default replicas
 with the AA reference; reference rows (a teacher member, the whole ensemble) skip the distillation. The AA
-reference's first half against its second half gives the noise floor. Phases run in order (noise floor and
-models, then simulations, then comparisons); inside a phase every task is independent. Each task writes its
-output under <out>/ and is skipped once finished (a re-run only does what is left; interrupted distillations
-and simulations resume from their checkpoints). Local execution runs `workers` submitit jobs at a time, each
-working through its share of the tasks; `executor: slurm` submits one job per task with the YAML's `slurm`
-settings. The results are gathered in <out>/ablation.json (see `aggregate`).
+reference's first half against its second half gives the noise floor. The work of one model (distil, its
+runs, its comparison) is a chain of tasks done in order; chains are independent, and run seed by seed (every
+row's first seed before any second seed), so a study cut short has complete rows early. Each task writes
+its output under <out>/ and is skipped once finished (a re-run only does what is left; interrupted
+distillations and simulations resume from their checkpoints). Local execution runs `workers` submitit jobs at
+a time, each working through its share of the chains; `executor: slurm` submits one job per chain with the
+YAML's `slurm` settings. ablation.json and study.md (see `aggregate`) are rewritten whenever a chain finishes.
 """
 import dataclasses
 import json
@@ -22,9 +23,6 @@ import numpy as np
 from . import config
 from .errors import CgkdError
 from .fileio import output_lock, write_json
-
-PHASES = ("models", "runs", "compare")
-
 
 @dataclass
 class StudyConfig:
@@ -83,10 +81,14 @@ class Task:
             from .report import CompareSettings, compare
 
             s = self.settings
-            if not s["models"]:
+            models = s.get("models", {})
+            if "runs" in s:  # the replicas of one row and seed, as they stand when the comparison runs
+                trajs = [str(t) for t in sorted(Path(s["runs"]).glob("replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
+                models = {s["name"]: trajs} if trajs else {}
+            if not models:
                 write_json(out / "results.json", {"scores": {}, "note": "no trajectory long enough to compare"})
                 return
-            compare(s["reference"], s["models"], out, CompareSettings(**s.get("compare", {})), progress=False)
+            compare(s["reference"], models, out, CompareSettings(**s.get("compare", {})), progress=False)
 
 
 def _finished(summary, steps):
@@ -94,19 +96,20 @@ def _finished(summary, steps):
     return bool(reps) and all((not r["stable"]) or r["steps"] >= steps for r in reps)
 
 
-def run_tasks(tasks, threads=1):
-    """What one submitit job does: its tasks in turn, skipping finished ones."""
+def run_chains(chains, threads=1):
+    """What one submitit job does: its chains in turn, each chain's tasks in order, skipping finished ones."""
     import torch
 
     torch.set_num_threads(threads)
-    for t in tasks:
-        if not t.done():
-            t.run()
-    return len(tasks)
+    for chain in chains:
+        for t in chain:
+            if not t.done():
+                t.run()
+    return len(chains)
 
 
 class Study:
-    """The tasks of a StudyConfig, phase by phase, and their execution through submitit."""
+    """The task chains of a StudyConfig (one per model) and their execution through submitit."""
 
     def __init__(self, cfg):
         for key in ("dataset", "teachers"):
@@ -137,41 +140,37 @@ class Study:
             v["members"] = str((seed - 1) % len(self.members))
         return {**self.cfg.student, **v, "dataset": self.cfg.dataset, "teachers": self.cfg.teachers, "seed": seed}
 
-    def tasks(self, phase):
+    def chains(self):
+        """[[Task]]: the noise floor, then per seed, per row: distil (variants), default and stress runs,
+        comparison of the default runs with the reference."""
         c = self.cfg
-        if phase == "models":
-            return [Task("distill", self.models[(n, s)], self._distill_settings(n, s))
-                    for (n, s) in self.models if n in c.variants]
-        runs = []
-        for (name, seed), model in self.models.items():
-            base = {**c.simulate, **c.references.get(name, {}).get("simulate", {}), "model": model, "start": c.dataset,
-                    "threads": 1}
-            base.pop("replicas", None)
-            base.setdefault("steps", config.SimConfig.steps)
-            folder = self.out / "runs" / slug(name) / f"seed_{seed}"
-            reps = c.references.get(name, {}).get("replicas", c.simulate.get("replicas", 3))
-            for k in range(reps):
-                runs.append(Task("simulate", str(folder / f"replica_{k}"), {**base, "seed": 1000 * seed + k}))
-            stress = c.references.get(name, {}).get("stress", c.stress)
-            for dt in stress.get("timesteps", []):
-                runs.append(Task("simulate", str(folder / f"dt{dt:g}"), {**base, "seed": 1000 * seed, "dt_fs": dt,
-                                                                         "steps": stress.get("steps", base["steps"])}))
-            if stress.get("temperature"):
-                runs.append(Task("simulate", str(folder / f"T{stress['temperature']:g}"),
-                                 {**base, "seed": 1000 * seed, "temperature": stress["temperature"],
-                                  "steps": stress.get("steps", base["steps"])}))
-        if phase == "runs":
-            return runs
-        out = [Task("floor", str(self.out / "compare" / "noise_floor"), {
+        out = [[Task("floor", str(self.out / "compare" / "noise_floor"), {
             "reference": str(self.out / "extra" / "aa_first_half.h5"),
-            "models": {"AA second half": [str(self.out / "extra" / "aa_second_half.h5")]},
-            "compare": c.compare})]
-        for (name, seed) in self.models:
-            folder = self.out / "runs" / slug(name) / f"seed_{seed}"
-            trajs = [str(t) for t in sorted(folder.glob("replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
-            out.append(Task("compare", str(self.out / "compare" / slug(name) / f"seed_{seed}"),
-                            {"reference": c.dataset, "models": {name: trajs} if trajs else {},
-                             "compare": c.compare}))
+            "models": {"AA second half": [str(self.out / "extra" / "aa_second_half.h5")]}, "compare": c.compare})]]
+        for seed in c.seeds:
+            for (name, s), model in self.models.items():
+                if s != seed:
+                    continue
+                chain = [Task("distill", model, self._distill_settings(name, seed))] if name in c.variants else []
+                base = {**c.simulate, **c.references.get(name, {}).get("simulate", {}), "model": model,
+                        "start": c.dataset, "threads": 1}
+                base.pop("replicas", None)
+                base.setdefault("steps", config.SimConfig.steps)
+                folder = self.out / "runs" / slug(name) / f"seed_{seed}"
+                for k in range(c.references.get(name, {}).get("replicas", c.simulate.get("replicas", 3))):
+                    chain.append(Task("simulate", str(folder / f"replica_{k}"), {**base, "seed": 1000 * seed + k}))
+                stress = c.references.get(name, {}).get("stress", c.stress)
+                steps = stress.get("steps", base["steps"])
+                for dt in stress.get("timesteps", []):
+                    chain.append(Task("simulate", str(folder / f"dt{dt:g}"),
+                                      {**base, "seed": 1000 * seed, "dt_fs": dt, "steps": steps}))
+                if stress.get("temperature"):
+                    chain.append(Task("simulate", str(folder / f"T{stress['temperature']:g}"),
+                                      {**base, "seed": 1000 * seed, "temperature": stress["temperature"],
+                                       "steps": steps}))
+                chain.append(Task("compare", str(self.out / "compare" / slug(name) / f"seed_{seed}"),
+                                  {"reference": c.dataset, "name": name, "runs": str(folder), "compare": c.compare}))
+                out.append(chain)
         return out
 
     def prepare(self, progress=True):
@@ -185,11 +184,9 @@ class Study:
             return
         extra.mkdir(parents=True, exist_ok=True)
         ds = CGDataset(self.cfg.dataset)
-        n = len(ds)
-        ds.write(extra / "aa_first_half.h5", np.arange(n // 2))
         if self.cfg.variants:
             label(self.cfg.teachers, ds, progress=progress)
-        ds.write(extra / "aa_second_half.h5", np.arange(n // 2, n))  # last: marks `prepare` complete
+        ds.write_halves(extra)  # last: its second file marks `prepare` complete
 
     def executor(self):
         import submitit
@@ -203,40 +200,53 @@ class Study:
             ex.update_parameters(timeout_min=int(self.cfg.slurm.get("timeout_min", 7 * 24 * 60)))
         return ex
 
-    def run_phase(self, phase, progress=True, poll=5.0):
-        tasks = [t for t in self.tasks(phase) if not t.done()]
-        total = len(self.tasks(phase))
+    def run_chains(self, progress=True, poll=5.0):
+        """Submit the unfinished chains and wait for them, printing progress (chains and tasks done, running
+        jobs) and rewriting the report whenever a chain finishes."""
+        chains = self.chains()
+        todo = [ch for ch in chains if not all(t.done() for t in ch)]
+        n_tasks = sum(len(ch) for ch in chains)
+
+        def status():
+            return (len(chains) - sum(not all(t.done() for t in ch) for ch in todo),
+                    n_tasks - sum(not t.done() for ch in todo for t in ch))
+
         if progress:
-            print(f"cgkd study: {phase}: {total - len(tasks)} done, {len(tasks)} to run", flush=True)
-        if not tasks:
+            print(f"cgkd study: {len(chains) - len(todo)}/{len(chains)} chains done, {len(todo)} to run "
+                  f"({n_tasks} tasks: distil, simulate, compare)", flush=True)
+        if not todo:
             return
         if self.cfg.executor == "slurm":
-            groups = [[t] for t in tasks]
+            groups = [[ch] for ch in todo]
         else:
-            groups = [tasks[k::self.cfg.workers] for k in range(min(self.cfg.workers, len(tasks)))]
+            groups = [todo[k::self.cfg.workers] for k in range(min(self.cfg.workers, len(todo)))]
         ex = self.executor()
         with ex.batch():
-            jobs = [ex.submit(run_tasks, g) for g in groups]
+            jobs = [ex.submit(run_chains, g) for g in groups]
         last = None
-        while not all(j.done() for j in jobs):
-            done = sum(t.done() for t in tasks)
-            state = (done, sum(not j.done() for j in jobs))
-            if progress and state != last:
-                print(f"cgkd study: {phase}: {total - len(tasks) + done}/{total} done, {state[1]} job(s) running, "
-                      f"{len(tasks) - done} left", flush=True)
+        while True:
+            running = sum(not j.done() for j in jobs)
+            state = (*status(), running)
+            if state != last:
+                if last is not None and state[0] != last[0]:
+                    self.report()
+                if progress:
+                    print(f"cgkd study: {state[0]}/{len(chains)} chains, {state[1]}/{n_tasks} tasks done; "
+                          f"{running} job(s) running", flush=True)
                 last = state
+            if not running:
+                break
             time.sleep(poll)
         for j in jobs:
             try:
                 j.result()
             except Exception as e:  # submitit re-raises the job's error with its traceback as text
-                raise CgkdError(f"cgkd study: a {phase} job failed; its log is in {self.out / 'jobs'}:\n{e}") from None
+                raise CgkdError(f"cgkd study: a job failed; its log is in {self.out / 'jobs'}:\n{e}") from None
 
     def run(self, progress=True):
         with output_lock(self.out):
             self.prepare(progress)
-            for phase in PHASES:
-                self.run_phase(phase, progress)
+            self.run_chains(progress)
             return self.report()
 
     def report(self):
