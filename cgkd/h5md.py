@@ -37,7 +37,20 @@ def create_series(parent, name, shape, dtype, unit=None, compression=None):
     return g
 
 
-class H5MDWriter:
+class _H5File:
+    """An open h5py file (`self.file`), closed by close() or a with-block."""
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class H5MDWriter(_H5File):
     """Append frames to an H5MD file; `truncate(n)` drops frames beyond n (used on resume)."""
 
     def __init__(self, path, group="all"):
@@ -131,17 +144,8 @@ class H5MDWriter:
         self.file["observables"].visititems(visit)
         self.file.flush()
 
-    def close(self):
-        self.file.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class H5MDTrajectory:
+class H5MDTrajectory(_H5File):
     """Read access to an H5MD file; arrays are loaded lazily by frame slices."""
 
     def __init__(self, path, group=None):
@@ -205,12 +209,3 @@ class H5MDTrajectory:
     @property
     def cgkd(self):
         return self.file["cgkd"] if "cgkd" in self.file else {}
-
-    def close(self):
-        self.file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
