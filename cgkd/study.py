@@ -247,14 +247,36 @@ class Study:
         with output_lock(self.out):
             self.prepare(progress)
             self.run_chains(progress)
+            self.overlay(aggregate(self))
             return self.report()
 
+    def _trajectories(self, name):
+        folder = self.out / "runs" / slug(name)
+        return [str(t) for t in sorted(folder.glob("seed_*/replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
+
+    def overlay(self, result, base="FM"):
+        """<out>/compare/overlay: FM and the KD variant of lowest mean RDF error against AA in one comparison
+        (all their seeds' default replicas), for the RDF/ADF/CDF overlay plots."""
+        from .report import CompareSettings, compare
+
+        means = {n: np.mean([e["rdf_error_mean"] for e in es]) for n, es in result["variants"].items()
+                 if n != base and es and all(e.get("rdf_error_mean") is not None for e in es)}
+        if base not in result["variants"] or not means:
+            return None
+        best = min(means, key=means.get)
+        models = {f"{base}": self._trajectories(base), f"{best} (best KD)": self._trajectories(best)}
+        if not all(models.values()):
+            return None
+        return compare(self.cfg.dataset, models, self.out / "compare" / "overlay",
+                       CompareSettings(**self.cfg.compare), progress=False)
+
     def report(self):
-        """ablation.json and study.md (table and plot) from whatever has finished; returns the aggregate."""
+        """ablation.json and study.md (table and plots) from whatever has finished; returns the aggregate."""
         from . import study_report
 
         result = aggregate(self)
-        study_report.write(result, self.out)
+        overlay = self.out / "compare" / "overlay"
+        study_report.write(result, self.out, [overlay / p for p in ("rdf.png", "adf.png") if (overlay / p).exists()])
         return result
 
 
@@ -269,12 +291,19 @@ def _frames(path):
 
 
 def _run_summary(folder):
+    """One run's outcome, with its timestep, temperature and planned length (from its config.yaml)."""
+    import yaml
+
     f = Path(folder) / "summary.json"
     if not f.exists():
         return None
     r = json.loads(f.read_text())["replicas"][0]
+    saved = Path(folder) / "config.yaml"
+    cfg = yaml.safe_load(saved.read_text()) if saved.exists() else {}
     return {"stable": r["stable"], "time_ps": r.get("time_ps"), "ns_per_day": r.get("ns_per_day"),
-            "failed_check": r.get("failed_check"), "time_to_failure_ps": r.get("time_to_failure_ps")}
+            "failed_check": r.get("failed_check"), "time_to_failure_ps": r.get("time_to_failure_ps"),
+            "dt_fs": cfg.get("dt_fs"), "temperature_K": cfg.get("temperature"),
+            "planned_ps": cfg["steps"] * cfg["dt_fs"] / 1000.0 if cfg else None}
 
 
 def aggregate(study):
@@ -289,6 +318,8 @@ def aggregate(study):
         if meta_file.exists():
             m = json.loads(meta_file.read_text())["metrics"]["test"]
             entry["test"] = {k: (v["all"] if isinstance(v, dict) and "all" in v else v) for k, v in m.items()}
+            errors = entry["test"].get("forces_vs_mapped") or entry["test"].get("all")  # students | teachers
+            entry["test_force_rmse"] = errors["rmse"] if errors else None
         folder = out / "runs" / slug(name) / f"seed_{seed}"
         default = [s for s in (_run_summary(p) for p in sorted(folder.glob("replica_*"))) if s]
         entry["replicas"] = default

@@ -1,6 +1,8 @@
 """The ablation's table and plots from ablation.json (`cgkd study` writes <out>/study.md after every run;
 `cgkd study --report` writes it from whatever has finished): every row (variant or reference) as mean ± std over
-its seeds, next to the AA reference's own half-vs-half differences (the noise floor)."""
+its seeds, next to the AA reference's own half-vs-half differences (the noise floor); every row against FM
+paired by seed with a 95 % confidence interval; plots of the RDF errors, of stability against timestep and
+(when the study has made it) of the RDF/ADF overlays of FM, the best KD variant and AA."""
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,6 @@ def _cell(stats, digits=3):
         return "–"
     mean, std, _ = stats
     return f"{mean:.{digits}g}" + (f" ± {std:.2g}" if std is not None else "")
-
-
-def _test_rmse(entry):
-    test = entry.get("test") or {}
-    errors = test.get("forces_vs_mapped") or test.get("all")
-    return errors["rmse"] if errors else None
 
 
 def _stress(entries, name):
@@ -48,7 +44,7 @@ def rows(result):
                      for e in entries if e.get("time_rescaling_D_cg_over_aa")]
             table[name] = {
                 "seeds": str(len(entries)),
-                "test force RMSE vs mapped": _cell(_stats([_test_rmse(e) for e in entries]), 4),
+                "test force RMSE vs mapped": _cell(_stats([e.get("test_force_rmse") for e in entries]), 4),
                 "RDF error (mean of pairs)": _cell(rdf[name]),
                 "ADF JS": _cell(_stats([e.get("adf_js_mean") for e in entries])),
                 "CDF JS": _cell(_stats([e.get("cdf_js_mean") for e in entries])),
@@ -58,6 +54,45 @@ def rows(result):
                 "ns/day": _cell(_stats([e.get("ns_per_day") for e in entries])),
             }
     return table, rdf
+
+
+def paired(result, base="FM", key="rdf_error_mean"):
+    """{row: (n, mean of row - base over the seeds both have, half-width of the 95 % t-interval or None)}."""
+    from scipy import stats
+
+    ref = {e["seed"]: e.get(key) for e in result["variants"].get(base, [])}
+    out = {}
+    for kind in ("variants", "references"):
+        for name, entries in result[kind].items():
+            d = [e[key] - ref[e["seed"]] for e in entries
+                 if name != base and e.get(key) is not None and ref.get(e["seed"]) is not None]
+            if d:
+                half = (float(stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d)))
+                        if len(d) > 1 else None)
+                out[name] = (len(d), float(np.mean(d)), half)
+    return out
+
+
+def _paired_lines(result):
+    lines = []
+    for key, what, digits in (("rdf_error_mean", "RDF error", 3), ("test_force_rmse", "test force RMSE", 4)):
+        diffs = paired(result, key=key)
+        if not diffs:
+            continue
+        if not lines:
+            lines += ["## Against FM, paired by seed", "",
+                      "Row minus FM over the seeds both have (same seed: same split, initial weights and CG "
+                      "starting velocities); 95 % confidence interval from Student's t. Negative: better than FM.",
+                      "", "| model | quantity | seeds | row − FM | 95 % CI | reading |", "|---|---|---|---|---|---|"]
+        for name, (n, mean, half) in diffs.items():
+            if half is None:
+                ci, reading = "–", "one seed: no interval"
+            else:
+                ci = f"[{mean - half:.{digits}g}, {mean + half:.{digits}g}]"
+                reading = ("better than FM" if mean + half < 0 else "worse than FM" if mean - half > 0
+                           else "no difference resolved")
+            lines.append(f"| {name} | {what} | {n} | {mean:+.{digits}g} | {ci} | {reading} |")
+    return lines + [""] if lines else []
 
 
 def markdown(result, plots=()):
@@ -80,7 +115,7 @@ def markdown(result, plots=()):
         cols = list(next(iter(table.values())))
         lines += ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {name} | " + " | ".join(row[c] for c in cols) + " |" for name, row in table.items()]
-    lines += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    lines += [""] + _paired_lines(result) + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
@@ -112,10 +147,50 @@ def plot_rdf_errors(result, path):
     return path
 
 
-def write(result, out):
-    """<out>/study.md and its plot; returns the Markdown path."""
+def plot_stability(result, path):
+    """Per row: the fraction of the planned run time survived (mean over seeds and replicas) against the
+    timestep, at the study's temperature (default runs and timestep stress runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for kind in ("variants", "references"):
+        for name, entries in result[kind].items():
+            by_dt = {}
+            for e in entries:
+                runs = list(e.get("replicas") or []) + [r for k, r in (e.get("stress") or {}).items()
+                                                       if r and k.startswith("dt")]
+                for r in runs:
+                    if r.get("dt_fs") and r.get("planned_ps"):
+                        lasted = r["planned_ps"] if r["stable"] else (r.get("time_to_failure_ps") or 0.0)
+                        by_dt.setdefault(r["dt_fs"], []).append(min(1.0, lasted / r["planned_ps"]))
+            if by_dt:
+                curves[name] = sorted((dt, float(np.mean(v))) for dt, v in by_dt.items())
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for k, (name, pts) in enumerate(curves.items()):
+        x, y = zip(*pts)
+        ax.plot(x, np.array(y) + 0.006 * (k - len(curves) / 2), marker="o", label=name,
+                ls="-" if name in result["variants"] else "--")
+    ax.set_xlabel("timestep (fs)")
+    ax.set_ylabel("fraction of the planned run survived")
+    ax.set_ylim(-0.05, 1.1)
+    ax.set_title("Stability against timestep (mean over seeds and runs; lines offset slightly)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write(result, out, extra_plots=()):
+    """<out>/study.md and its plots (links relative to out; `extra_plots` too); returns the Markdown path."""
     out = Path(out)
-    plot = plot_rdf_errors(result, out / "study_rdf_error.png")
+    plots = [p for p in (plot_rdf_errors(result, out / "study_rdf_error.png"),
+                         plot_stability(result, out / "study_stability.png")) if p]
     path = out / "study.md"
-    path.write_text(markdown(result, [plot] if plot else []))
+    path.write_text(markdown(result, [Path(p).relative_to(out) for p in [*plots, *extra_plots]]))
     return path

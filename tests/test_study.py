@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import yaml
 
 from cgkd import config
@@ -63,6 +64,10 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     table = (out / "study.md").read_text()
     assert "| FM | 1 |" in table and "| teacher | 1 |" in table and "stress dt20" in table
     assert "AA noise floor" in table and (out / "study_rdf_error.png").stat().st_size > 1000
+    assert "| KD-1 {f} | RDF error | 1 |" in table and "one seed: no interval" in table
+    assert (out / "study_stability.png").stat().st_size > 1000 and "](study_stability.png)" in table
+    overlay = json.loads((out / "compare" / "overlay" / "results.json").read_text())
+    assert set(overlay["models"]) == {"FM", "KD-1 {f} (best KD)"} and "](compare/overlay/rdf.png)" in table
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
     assert main(["study", "--config", str(f)]) == 0
     printed = capsys.readouterr().out
@@ -71,3 +76,23 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     (out / "study.md").unlink()
     assert main(["study", "--config", str(f), "--report"]) == 0  # gathers only: the table comes back
     assert "| KD-1 {f} | 1 |" in (out / "study.md").read_text()
+
+
+def test_paired_comparison_against_fm_by_hand():
+    """Row - FM per seed, mean and the 95 % t-interval (t(0.975, 2) = 4.3027) computed by hand."""
+    from cgkd.study_report import markdown, paired
+
+    def rows(values):
+        return [{"seed": s, "rdf_error_mean": v} for s, v in zip((1, 2, 3), values)]
+
+    result = {"variants": {"FM": rows([0.10, 0.12, 0.11]), "wide": rows([0.08, 0.09, 0.10]),
+                           "tight": rows([0.080, 0.099, 0.091])},
+              "references": {"teacher": rows([0.20, 0.22, None])}, "noise_floor": {}}
+    d = paired(result)
+    n, mean, half = d["wide"]  # differences -0.02, -0.03, -0.01: sd 0.01
+    assert n == 3 and mean == pytest.approx(-0.02) and half == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-5)
+    assert d["tight"][1] == pytest.approx(-0.02) and d["tight"][1] + d["tight"][2] < 0  # -0.020, -0.021, -0.019
+    assert d["teacher"][0] == 2 and "FM" not in d
+    text = markdown(result)
+    assert "| wide | RDF error | 3 | -0.02 | [-0.0448, 0.00484] | no difference resolved |" in text
+    assert "| tight | RDF error | 3 | -0.02 |" in text and "better than FM" in text
