@@ -4,8 +4,9 @@ For every variant (a set of `cgkd distill` settings) and seed it distils a stude
 (default replicas and stress runs: larger timesteps, a higher temperature) and compares the default replicas
 with the AA reference; reference rows (a teacher member, the whole ensemble) skip the distillation. The AA
 reference's first half against its second half gives the noise floor. The work of one model (distil, its
-runs, its comparison) is a chain of tasks done in order; chains are independent, and run seed by seed (every
-row's first seed before any second seed), so a study cut short has complete rows early. Each task writes
+default runs, their comparison) is a chain of tasks done in order; chains are independent and run seed by
+seed (every row's first seed before any second seed), so a study cut short has complete rows early; the
+stress runs follow as a second stage, one chain per model. Each task writes
 its output under <out>/ and is skipped once finished (a re-run only does what is left; interrupted
 distillations and simulations resume from their checkpoints). Local execution runs `workers` submitit jobs at
 a time, each working through its share of the chains; `executor: slurm` submits one job per chain with the
@@ -140,37 +141,44 @@ class Study:
             v["members"] = str((seed - 1) % len(self.members))
         return {**self.cfg.student, **v, "dataset": self.cfg.dataset, "teachers": self.cfg.teachers, "seed": seed}
 
-    def chains(self):
-        """[[Task]]: the noise floor, then per seed, per row: distil (variants), default and stress runs,
-        comparison of the default runs with the reference."""
+    def chains(self, stage="main"):
+        """[[Task]] of one stage. main: the noise floor, then per seed, per row: distil (variants), the default
+        runs, their comparison with the reference. stress: per seed, per row: the stress runs (after every
+        model exists, so that the accuracy table is complete first)."""
         c = self.cfg
-        out = [[Task("floor", str(self.out / "compare" / "noise_floor"), {
+        out = [] if stage == "stress" else [[Task("floor", str(self.out / "compare" / "noise_floor"), {
             "reference": str(self.out / "extra" / "aa_first_half.h5"),
             "models": {"AA second half": [str(self.out / "extra" / "aa_second_half.h5")]}, "compare": c.compare})]]
         for seed in c.seeds:
             for (name, s), model in self.models.items():
                 if s != seed:
                     continue
-                chain = [Task("distill", model, self._distill_settings(name, seed))] if name in c.variants else []
                 base = {**c.simulate, **c.references.get(name, {}).get("simulate", {}), "model": model,
                         "start": c.dataset, "threads": 1}
                 base.pop("replicas", None)
                 base.setdefault("steps", config.SimConfig.steps)
                 folder = self.out / "runs" / slug(name) / f"seed_{seed}"
-                for k in range(c.references.get(name, {}).get("replicas", c.simulate.get("replicas", 3))):
-                    chain.append(Task("simulate", str(folder / f"replica_{k}"), {**base, "seed": 1000 * seed + k}))
-                stress = c.references.get(name, {}).get("stress", c.stress)
-                steps = stress.get("steps", base["steps"])
-                for dt in stress.get("timesteps", []):
-                    chain.append(Task("simulate", str(folder / f"dt{dt:g}"),
-                                      {**base, "seed": 1000 * seed, "dt_fs": dt, "steps": steps}))
-                if stress.get("temperature"):
-                    chain.append(Task("simulate", str(folder / f"T{stress['temperature']:g}"),
-                                      {**base, "seed": 1000 * seed, "temperature": stress["temperature"],
-                                       "steps": steps}))
-                chain.append(Task("compare", str(self.out / "compare" / slug(name) / f"seed_{seed}"),
-                                  {"reference": c.dataset, "name": name, "runs": str(folder), "compare": c.compare}))
-                out.append(chain)
+                chain = []
+                if stage == "main":
+                    if name in c.variants:
+                        chain.append(Task("distill", model, self._distill_settings(name, seed)))
+                    for k in range(c.references.get(name, {}).get("replicas", c.simulate.get("replicas", 3))):
+                        chain.append(Task("simulate", str(folder / f"replica_{k}"), {**base, "seed": 1000 * seed + k}))
+                    chain.append(Task("compare", str(self.out / "compare" / slug(name) / f"seed_{seed}"),
+                                      {"reference": c.dataset, "name": name, "runs": str(folder),
+                                       "compare": c.compare}))
+                else:
+                    stress = c.references.get(name, {}).get("stress", c.stress)
+                    steps = stress.get("steps", base["steps"])
+                    for dt in stress.get("timesteps", []):
+                        chain.append(Task("simulate", str(folder / f"dt{dt:g}"),
+                                          {**base, "seed": 1000 * seed, "dt_fs": dt, "steps": steps}))
+                    if stress.get("temperature"):
+                        chain.append(Task("simulate", str(folder / f"T{stress['temperature']:g}"),
+                                          {**base, "seed": 1000 * seed, "temperature": stress["temperature"],
+                                           "steps": steps}))
+                if chain:
+                    out.append(chain)
         return out
 
     def prepare(self, progress=True):
@@ -200,10 +208,10 @@ class Study:
             ex.update_parameters(timeout_min=int(self.cfg.slurm.get("timeout_min", 7 * 24 * 60)))
         return ex
 
-    def run_chains(self, progress=True, poll=5.0):
-        """Submit the unfinished chains and wait for them, printing progress (chains and tasks done, running
-        jobs) and rewriting the report whenever a chain finishes."""
-        chains = self.chains()
+    def run_chains(self, stage, progress=True, poll=5.0):
+        """Submit the unfinished chains of a stage and wait for them, printing progress (chains and tasks done,
+        running jobs) and rewriting the report whenever a chain finishes."""
+        chains = self.chains(stage)
         todo = [ch for ch in chains if not all(t.done() for t in ch)]
         n_tasks = sum(len(ch) for ch in chains)
 
@@ -212,8 +220,8 @@ class Study:
                     n_tasks - sum(not t.done() for ch in todo for t in ch))
 
         if progress:
-            print(f"cgkd study: {len(chains) - len(todo)}/{len(chains)} chains done, {len(todo)} to run "
-                  f"({n_tasks} tasks: distil, simulate, compare)", flush=True)
+            print(f"cgkd study: {stage}: {len(chains) - len(todo)}/{len(chains)} chains done, {len(todo)} to run "
+                  f"({n_tasks} tasks)", flush=True)
         if not todo:
             return
         if self.cfg.executor == "slurm":
@@ -231,7 +239,7 @@ class Study:
                 if last is not None and state[0] != last[0]:
                     self.report()
                 if progress:
-                    print(f"cgkd study: {state[0]}/{len(chains)} chains, {state[1]}/{n_tasks} tasks done; "
+                    print(f"cgkd study: {stage}: {state[0]}/{len(chains)} chains, {state[1]}/{n_tasks} tasks done; "
                           f"{running} job(s) running", flush=True)
                 last = state
             if not running:
@@ -246,8 +254,9 @@ class Study:
     def run(self, progress=True):
         with output_lock(self.out):
             self.prepare(progress)
-            self.run_chains(progress)
+            self.run_chains("main", progress)
             self.overlay(aggregate(self))
+            self.run_chains("stress", progress)
             return self.report()
 
     def _trajectories(self, name):

@@ -43,7 +43,7 @@ def rows(result):
             ratio = [float(np.mean(list(e["time_rescaling_D_cg_over_aa"].values())))
                      for e in entries if e.get("time_rescaling_D_cg_over_aa")]
             table[name] = {
-                "seeds": str(len(entries)),
+                "seeds compared": f"{sum(e.get('rdf_error_mean') is not None for e in entries)}/{len(entries)}",
                 "test force RMSE vs mapped": _cell(_stats([e.get("test_force_rmse") for e in entries]), 4),
                 "RDF error (mean of pairs)": _cell(rdf[name]),
                 "ADF JS": _cell(_stats([e.get("adf_js_mean") for e in entries])),

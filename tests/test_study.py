@@ -49,7 +49,8 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     f.write_text(yaml.safe_dump(spec))
     assert main(["study", "--config", str(f)]) == 0
     printed = capsys.readouterr().out
-    assert "0/4 chains done, 4 to run (14 tasks" in printed and "4/4 chains, 14/14 tasks done; 0 job(s) running" in printed
+    assert "main: 0/4 chains done, 4 to run (11 tasks)" in printed and "main: 4/4 chains, 11/11 tasks done; 0 job(s) running" in printed
+    assert "stress: 0/3 chains done, 3 to run (3 tasks)" in printed
     result = json.loads((out / "ablation.json").read_text())
     assert set(result["variants"]) == {"FM", "KD-1 {f}"} and set(result["references"]) == {"teacher"}
     for name, seeds in result["variants"].items():
@@ -62,7 +63,7 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     assert meta["distillation"]["used_members"] == [0]
     assert result["noise_floor"] and all(v >= 0 for v in result["noise_floor"].values())
     table = (out / "study.md").read_text()
-    assert "| FM | 1 |" in table and "| teacher | 1 |" in table and "stress dt20" in table
+    assert "| FM | 1/1 |" in table and "| teacher | 1/1 |" in table and "stress dt20" in table
     assert "AA noise floor" in table and (out / "study_rdf_error.png").stat().st_size > 1000
     assert "| KD-1 {f} | RDF error | 1 |" in table and "one seed: no interval" in table
     assert (out / "study_stability.png").stat().st_size > 1000 and "](study_stability.png)" in table
@@ -71,11 +72,12 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
     assert main(["study", "--config", str(f)]) == 0
     printed = capsys.readouterr().out
-    assert "4/4 chains done, 0 to run (14 tasks" in printed  # noise floor; FM, KD-1, teacher: distil, runs, compare
+    # main: the noise floor; FM, KD-1 (distil, 2 runs, compare), teacher (1 run, compare); stress: one run each
+    assert "main: 4/4 chains done, 0 to run (11 tasks)" in printed and "stress: 3/3 chains done" in printed
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
     (out / "study.md").unlink()
     assert main(["study", "--config", str(f), "--report"]) == 0  # gathers only: the table comes back
-    assert "| KD-1 {f} | 1 |" in (out / "study.md").read_text()
+    assert "| KD-1 {f} | 1/1 |" in (out / "study.md").read_text()
 
 
 def test_paired_comparison_against_fm_by_hand():
