@@ -6,11 +6,11 @@ with the AA reference; reference rows (a teacher member, the whole ensemble) ski
 reference's first half against its second half gives the noise floor. The work of one model (distil, its
 default runs, their comparison) is a chain of tasks done in order; chains are independent and run seed by
 seed (every row's first seed before any second seed), so a study cut short has complete rows early; the
-stress runs follow as a second stage, one chain per model. Each task writes
-its output under <out>/ and is skipped once finished (a re-run only does what is left; interrupted
-distillations and simulations resume from their checkpoints). Local execution runs `workers` submitit jobs at
-a time, each working through its share of the chains; `executor: slurm` submits one job per chain with the
-YAML's `slurm` settings. ablation.json and study.md (see `aggregate`) are rewritten whenever a chain finishes.
+stress runs follow as a second stage, one chain per model. Each task writes its output under <out>/ and is
+skipped once finished (a re-run only does what is left; interrupted distillations and simulations resume from
+their checkpoints). Local execution runs `workers` submitit jobs at a time, each working through its share of
+the chains; `executor: slurm` submits one job per chain with the YAML's `slurm` settings. ablation.json and
+study.md (see `aggregate`) are rewritten whenever a chain finishes.
 """
 import dataclasses
 import json
@@ -84,7 +84,7 @@ class Task:
             s = self.settings
             models = s.get("models", {})
             if "runs" in s:  # the replicas of one row and seed, as they stand when the comparison runs
-                trajs = [str(t) for t in sorted(Path(s["runs"]).glob("replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
+                trajs = _trajectories(s["runs"])
                 models = {s["name"]: trajs} if trajs else {}
             if not models:
                 write_json(out / "results.json", {"scores": {}, "note": "no trajectory long enough to compare"})
@@ -259,10 +259,6 @@ class Study:
             self.run_chains("stress", progress)
             return self.report()
 
-    def _trajectories(self, name):
-        folder = self.out / "runs" / slug(name)
-        return [str(t) for t in sorted(folder.glob("seed_*/replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
-
     def overlay(self, result, base="FM"):
         """<out>/compare/overlay: FM and the KD variant of lowest mean RDF error against AA in one comparison
         (all their seeds' default replicas), for the RDF/ADF/CDF overlay plots."""
@@ -273,7 +269,9 @@ class Study:
         if base not in result["variants"] or not means:
             return None
         best = min(means, key=means.get)
-        models = {f"{base}": self._trajectories(base), f"{best} (best KD)": self._trajectories(best)}
+        runs = self.out / "runs"
+        models = {base: _trajectories(runs / slug(base), "seed_*/"),
+                  f"{best} (best KD)": _trajectories(runs / slug(best), "seed_*/")}
         if not all(models.values()):
             return None
         return compare(self.cfg.dataset, models, self.out / "compare" / "overlay",
@@ -297,6 +295,12 @@ def _frames(path):
             return len(t)
     except CgkdError:
         return 0
+
+
+def _trajectories(folder, seeds=""):
+    """The default replicas' trajectories under a runs folder (of one seed, or with seeds="seed_*/" of all)
+    that are long enough to compare."""
+    return [str(t) for t in sorted(Path(folder).glob(f"{seeds}replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
 
 
 def _run_summary(folder):
