@@ -170,7 +170,6 @@ def main():
     if args.table:
         print(table(json.loads(RESULTS.read_text())))
         return
-    rng = random.Random(args.seed)
     results = {"points_per_stage": args.points, "seed": args.seed, "stages": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -185,6 +184,7 @@ def main():
             code, wall, _, err = run(start, ref)
             assert code == 0, f"{name}: the reference run failed: {err}"
             rec = {"reference_wall_s": round(wall, 1), "points": [], "held": 0}
+            rng = random.Random(f"{args.seed}:{name}")  # kill times per stage, whichever stages run together
             for k in range(args.points):
                 out = work / f"{name}_{k}_{out_name}"
                 at = rng.uniform(startup, wall)
