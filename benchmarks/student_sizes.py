@@ -4,7 +4,8 @@ timed in OpenMM (reference box, 200 beads, 4 fs, CPU platform, --threads) beside
 benchmarks/results/student_sizes.json and student_sizes.png (steps/s against test force RMSE vs the teachers).
 Finished students are reused, interrupted ones resumed, so the script can be re-run.
 
-    python benchmarks/student_sizes.py --teachers runs/teachers_v2 --out runs/student_sizes
+    python benchmarks/student_sizes.py --teachers forcefields/cg/ethaline/teachers --epochs 15 --threads 1
+    python benchmarks/student_sizes.py --table          # the README's table from the recorded JSON
 """
 import argparse
 import json
@@ -37,9 +38,24 @@ def parse(size):
     return dict(arch=arch, channels=int(channels), layers=int(layers), cutoff=float(cutoff))
 
 
+def table(res):
+    """The README's Markdown table of a recorded run."""
+    t = res["teacher"]
+    lines = ["| student | parameters | epochs | OpenMM steps/s | vs one teacher | test force RMSE vs teachers | vs mapped |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["students"]:
+        lines.append(f"| {r['size']} | {r['parameters']:,} | {r['epochs_run']} | {r['steps_per_s']:.0f} | "
+                     f"{r['steps_per_s'] / t['steps_per_s']:.1f}× | {r['test_force_rmse_vs_teachers']:.1f} | "
+                     f"{r['test_force_rmse_vs_mapped']:.1f} |")
+    h = t["hparams"]
+    lines.append(f"| teacher ({h['arch']}:{h['channels']}x{h['layers']}@{h['cutoff']:g}) | – | – | "
+                 f"{t['steps_per_s']:.0f} | 1× | 0 (itself) | {t['test_force_rmse_vs_mapped']:.1f} |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teachers", required=True)
+    p.add_argument("--teachers", default="forcefields/cg/ethaline/teachers")
     p.add_argument("--dataset", default="systems/ethaline/reference/ethaline_cg.h5")
     p.add_argument("--out", default="runs/student_sizes")
     p.add_argument("--sizes", nargs="+", default=SIZES, help="ARCH:CHANNELSxLAYERS@CUTOFF")
@@ -49,7 +65,11 @@ def main():
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--steps", type=int, default=300, help="timed OpenMM steps per student")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--table", action="store_true", help="print the README table of the recorded run, run nothing")
     a = p.parse_args()
+    if a.table:
+        print(table(json.loads((RESULTS / "student_sizes.json").read_text())))
+        return
     torch.set_num_threads(a.threads)
     platform = systems.default_platform(None)
     props = systems.platform_properties(platform, a.threads)

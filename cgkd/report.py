@@ -63,9 +63,13 @@ def _observe(tr, s, cutoffs, frames):
 
 
 def _diffusion(tr, s, frames=slice(None)):
-    """(lags ps, MSD per type, D per type nm^2/ps, fit window (t0, t1) ps)."""
+    """(lags ps, MSD per type, D per type nm^2/ps, fit window (t0, t1) ps); D and window are None for a run
+    too short for the fit (a model that failed early still has its structure scored)."""
     lags, m = obs.msd(tr.unwrap()[frames], tr.dt, tr.types)
-    fits = {t: obs.diffusion(lags, v, s.fit_window) for t, v in m.items()}
+    try:
+        fits = {t: obs.diffusion(lags, v, s.fit_window) for t, v in m.items()}
+    except CgkdError:
+        return lags, m, None, None
     return lags, m, {t: f[0] for t, f in fits.items()}, next(iter(fits.values()))[1]
 
 
@@ -74,7 +78,7 @@ def _scores(o, ref, D, D_ref):
     for (c, nb), (_, p) in o["adf"].items():
         out[f"adf {nb[0]}-{c}-{nb[1]}"] = obs.jensen_shannon(p, ref["adf"][(c, nb)][1])
         out[f"cdf {nb[0]}-{c}-{nb[1]}"] = obs.jensen_shannon(o["cdf"][(c, nb)][2], ref["cdf"][(c, nb)][2])
-    for t in D_ref:
+    for t in D_ref if D is not None else ():
         out[f"D {t}"] = abs(D[t] - D_ref[t]) / D_ref[t]
     return out
 
@@ -107,6 +111,8 @@ def compare(reference, models, out, settings=None, progress=True):
     for key in ("adf", "cdf"):
         ref_obs[key] = {t: v for t, v in ref_obs[key].items() if t in s.triplets}
     ref_diff = _diffusion(ref, s)
+    if ref_diff[2] is None:
+        raise CgkdError(f"{reference}: too few frames for a diffusion fit over {s.fit_window} of its lags")
     results, curves = {}, {"reference": (ref_obs, ref_diff)}
     for name, trs in runs.items():
         per_replica = []
@@ -123,11 +129,14 @@ def compare(reference, models, out, settings=None, progress=True):
             sem = {key: float(np.std([b[key] for b in blocks], ddof=1) / np.sqrt(len(blocks))) if blocks else None
                    for key in full}
             per_replica.append((full, sem))
-        keys = per_replica[0][0]
-        results[name] = {key: {"mean": float(np.mean([p[0][key] for p in per_replica])),
-                               "std_replicas": float(np.std([p[0][key] for p in per_replica])) if len(trs) > 1 else None,
-                               "sem_blocks": _mean_or_none([p[1][key] for p in per_replica]),
-                               "replicas": len(trs)} for key in keys}
+        keys = list(dict.fromkeys(key for p in per_replica for key in p[0]))  # D only where a fit was possible
+        results[name] = {}
+        for key in keys:
+            vals = [p[0][key] for p in per_replica if key in p[0]]
+            results[name][key] = {"mean": float(np.mean(vals)),
+                                  "std_replicas": float(np.std(vals)) if len(vals) > 1 else None,
+                                  "sem_blocks": _mean_or_none([p[1].get(key) for p in per_replica]),
+                                  "replicas": len(vals)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"reference": str(reference), "models": {k: [str(p) for p in v] for k, v in models.items()},
@@ -215,8 +224,10 @@ def plot_all(curves, out):
     for ax, ty in zip(axes, types):
         ends = []
         for name, (_, (lags, m, D, window)) in curves.items():
+            fit = (f"D = {D[ty]:.2e} nm²/ps (fit {window[0]:.3g}–{window[1]:.3g} ps)" if D is not None
+                   else "too short for a D fit")
             ax.plot(lags[1:], m[ty][1:], color=colors[name], ls="-" if name == "reference" else "--",
-                    label=f"{name}: D = {D[ty]:.2e} nm²/ps (fit {window[0]:.3g}–{window[1]:.3g} ps)")
+                    label=f"{name}: {fit}")
             ends.append(m[ty][-1])
         if max(ends) > 10 * max(min(ends), 1e-12):  # CG dynamics can run orders of magnitude faster than AA
             ax.set(xscale="log", yscale="log")
@@ -237,7 +248,7 @@ def _save(fig, path):
 
 def markdown(results, meta, plots):
     names = list(results)
-    keys = list(results[names[0]])
+    keys = list(dict.fromkeys(k for n in names for k in results[n]))
 
     def cell(v):
         s = f"{v['mean']:.3g}"
@@ -255,10 +266,11 @@ def markdown(results, meta, plots):
              "replicas ± std. Lower is better.", "",
              "| score | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(cell(results[n][k]) for n in names) + " |")
+        lines.append(f"| {k} | " + " | ".join(cell(results[n][k]) if k in results[n] else "–" for n in names) + " |")
     lines += ["", "Diffusion coefficients (nm²/ps):", ""]
     for n, d in meta["diffusion_nm2_per_ps"].items():
         w = meta["fit_windows_ps"][n]
-        lines.append(f"- {n}: " + ", ".join(f"{t} {v:.3e}" for t, v in d.items()) + f" (fit {w[0]:.3g}–{w[1]:.3g} ps)")
+        lines.append(f"- {n}: " + (", ".join(f"{t} {v:.3e}" for t, v in d.items()) + f" (fit {w[0]:.3g}–{w[1]:.3g} ps)"
+                                   if d is not None else "its first replica is too short for a fit"))
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

@@ -98,15 +98,28 @@ def _finished(summary, steps):
 
 
 def run_chains(chains, threads=1):
-    """What one submitit job does: its chains in turn, each chain's tasks in order, skipping finished ones."""
+    """What one submitit job does: its chains in turn, each chain's tasks in order, skipping finished ones.
+    A task that raises ends its chain (the rest depends on it), not the job: its traceback goes to
+    <task out>/failed.txt and the job goes on with its next chain. Returns [(task out, error)]."""
+    import traceback
+
     import torch
 
     torch.set_num_threads(threads)
+    failures = []
     for chain in chains:
         for t in chain:
-            if not t.done():
+            if t.done():
+                continue
+            try:
                 t.run()
-    return len(chains)
+                (Path(t.out) / "failed.txt").unlink(missing_ok=True)
+            except Exception as e:
+                Path(t.out).mkdir(parents=True, exist_ok=True)
+                (Path(t.out) / "failed.txt").write_text(traceback.format_exc())
+                failures.append((t.out, f"{type(e).__name__}: {e}"))
+                break
+    return failures
 
 
 class Study:
@@ -210,7 +223,7 @@ class Study:
 
     def run_chains(self, stage, progress=True, poll=5.0):
         """Submit the unfinished chains of a stage and wait for them, printing progress (chains and tasks done,
-        running jobs) and rewriting the report whenever a chain finishes."""
+        running jobs) and rewriting the report whenever a chain finishes; returns the failed tasks."""
         chains = self.chains(stage)
         todo = [ch for ch in chains if not all(t.done() for t in ch)]
         n_tasks = sum(len(ch) for ch in chains)
@@ -223,7 +236,7 @@ class Study:
             print(f"cgkd study: {stage}: {len(chains) - len(todo)}/{len(chains)} chains done, {len(todo)} to run "
                   f"({n_tasks} tasks)", flush=True)
         if not todo:
-            return
+            return []
         if self.cfg.executor == "slurm":
             groups = [[ch] for ch in todo]
         else:
@@ -245,19 +258,26 @@ class Study:
             if not running:
                 break
             time.sleep(poll)
+        failures = []
         for j in jobs:
             try:
-                j.result()
+                failures += j.result()
             except Exception as e:  # submitit re-raises the job's error with its traceback as text
                 raise CgkdError(f"cgkd study: a job failed; its log is in {self.out / 'jobs'}:\n{e}") from None
+        return failures
 
     def run(self, progress=True):
         with output_lock(self.out):
             self.prepare(progress)
-            self.run_chains("main", progress)
+            failures = self.run_chains("main", progress)
             self.overlay(aggregate(self))
-            self.run_chains("stress", progress)
-            return self.report()
+            failures += self.run_chains("stress", progress)
+            result = self.report()
+            if failures:
+                raise CgkdError(f"cgkd study: {len(failures)} task(s) failed; their chains stopped there, the others "
+                                "ran (a re-run retries them):\n" + "\n".join(
+                                    f"  {out}: {err} (traceback in {out}/failed.txt)" for out, err in failures))
+            return result
 
     def overlay(self, result, base="FM"):
         """<out>/compare/overlay: FM and the KD variant of lowest mean RDF error against AA in one comparison
@@ -351,7 +371,7 @@ def aggregate(study):
                 entry[f"{kind}_error_mean" if kind == "rdf" else f"{kind}_js_mean"] = float(np.mean(vals)) if vals else None
             d = r.get("diffusion_nm2_per_ps", {})
             aa_diffusion = d.get("reference", aa_diffusion)
-            if name in d:
+            if d.get(name):
                 entry["diffusion_nm2_per_ps"] = d[name]
                 entry["time_rescaling_D_cg_over_aa"] = {t: d[name][t] / d["reference"][t] for t in d["reference"]}
         rows.setdefault(name, []).append(entry)

@@ -101,3 +101,31 @@ def test_replica_spread_is_the_std_of_the_replicas_scores(datasets):
         single = one["scores"]["jitter"][key]["mean"]  # the reference itself scores 0
         assert r["scores"]["two"][key]["mean"] == pytest.approx(single / 2, rel=1e-9)
         assert r["scores"]["two"][key]["std_replicas"] == pytest.approx(single / 2, rel=1e-9)
+
+
+def test_a_run_too_short_for_diffusion_still_gets_structure_scores(datasets, tmp_path):
+    """A model that failed early (here: the jittered model's first 4 frames as one replica beside a full
+    one) is scored on structure; D is scored from the replica long enough to fit it; the report says so."""
+    ref, model, d = datasets
+    from cgkd.h5md import H5MDTrajectory
+    with H5MDTrajectory(model) as t:
+        pos, box, steps, times = t.positions(), t.boxes(), t.steps(), t.times()
+        types = t.cgkd["bead_types"][:]
+    w = H5MDWriter.create(tmp_path / "short.h5", pos.shape[1], group="cg", fields=("position",))
+    w.extend(steps[:4], times[:4], box[:4], position=pos[:4])
+    w.cgkd.create_dataset("bead_types", data=types)
+    w.close()
+    short = str(tmp_path / "short.h5")
+    r = report.compare(ref, {"short first": [short, model], "short only": [short]}, tmp_path / "r",
+                       report.CompareSettings(r_max=0.75, n_bins=40), progress=False)
+    s = r["scores"]
+    assert s["short only"]["rdf CHO-CL"]["mean"] > 0.05 and not any(k.startswith("D ") for k in s["short only"])
+    full = report.compare(ref, {"full": [model]}, tmp_path / "f", report.CompareSettings(r_max=0.75, n_bins=40),
+                          progress=False)["scores"]["full"]
+    assert s["short first"]["D CHO"]["replicas"] == 1
+    assert s["short first"]["D CHO"]["mean"] == pytest.approx(full["D CHO"]["mean"])
+    assert s["short first"]["rdf CHO-CL"]["replicas"] == 2
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "- short only: its first replica is too short for a fit" in md and "| D CHO |" in md
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["diffusion_nm2_per_ps"]["short only"] is None

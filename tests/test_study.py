@@ -98,3 +98,17 @@ def test_paired_comparison_against_fm_by_hand():
     text = markdown(result)
     assert "| wide | RDF error | 3 | -0.02 | [-0.0448, 0.00484] | no difference resolved |" in text
     assert "| tight | RDF error | 3 | -0.02 |" in text and "better than FM" in text
+
+
+def test_a_failed_task_ends_its_chain_not_the_job(tmp_path):
+    """run_chains (one submitit job's work): a distillation that raises stops its own chain, leaves its
+    traceback in failed.txt and is returned; the job goes on with its next chain."""
+    from cgkd.study import Task, run_chains
+
+    bad = Task("distill", str(tmp_path / "bad"), {"dataset": "x.h5", "teachers": "t", "w_mapped": -1.0})
+    after_bad = Task("compare", str(tmp_path / "after_bad"), {"reference": "x.h5", "models": {}})
+    other = Task("compare", str(tmp_path / "other"), {"reference": "x.h5", "models": {}})
+    failures = run_chains([[bad, after_bad], [other]])
+    assert [f[0] for f in failures] == [bad.out] and "loss weights must be >= 0" in failures[0][1]
+    assert "CgkdError" in (tmp_path / "bad" / "failed.txt").read_text()
+    assert not after_bad.done() and not (tmp_path / "after_bad").exists() and other.done()
