@@ -178,7 +178,7 @@ def plot_stability(result, path):
     ax.set_xlabel("timestep (fs)")
     ax.set_ylabel("fraction of the planned run survived")
     ax.set_ylim(-0.05, 1.1)
-    ax.set_title("Stability against timestep (mean over seeds and runs; lines offset slightly)")
+    ax.set_title("Stability against timestep (mean over seeds and runs;\nlines offset slightly)", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
