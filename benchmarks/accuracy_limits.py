@@ -10,7 +10,8 @@ TensorNet, Gaussian RBF, cutoff 1.0 nm, seed 1) and changes one thing:
   size:    2 layers x 64 channels
 Each model is simulated --steps at 10 fs from the dataset's last frame (one replica, seed 1) and compared with
 the whole AA reference (`cgkd compare`); the AA first half against its second half is the noise floor.
-Resumable: finished conditions are skipped, training resumes from checkpoints. Work in runs/accuracy_limits/;
+Resumable: conditions recorded in the results (at the same --steps) are skipped, so a fresh clone goes on
+where the last session stopped; training resumes from checkpoints in the work folder. Work in runs/accuracy_limits/;
 results in benchmarks/results/accuracy_limits.json.
 
     python benchmarks/accuracy_limits.py                         # everything (hours on 2 cores)
@@ -87,12 +88,16 @@ def main():
     dataset = config.load(config.TrainConfig, TEACHERS).dataset
     dataset = str(ROOT / dataset)
     res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    before = res.get("steps")  # the run length of conditions recorded before entries carried their own
     res.update({"dataset": dataset, "teacher_config": str(TEACHERS.relative_to(ROOT)), "steps": a.steps,
                 "dt_fs": 10.0, "noise_floor": summarise(floor(dataset, work))})
     res.setdefault("conditions", {})
     for name in a.only or list(CONDITIONS):
         if name not in CONDITIONS:
             raise SystemExit(f"unknown condition {name!r}; known: {', '.join(CONDITIONS)}")
+        if name in res["conditions"] and res["conditions"][name].get("steps", before) == a.steps:
+            print(f"{name}: recorded in {RESULTS.name}, skipped", flush=True)
+            continue
         t0 = time.perf_counter()
         model = trained(name, CONDITIONS[name], work, a.threads)
         meta = json.loads((model / "metadata.json").read_text())
@@ -101,7 +106,7 @@ def main():
         s = simulate(config.SimConfig(model=str(model), start=dataset, out=str(sim), steps=a.steps, dt_fs=10.0,
                                       report=50, threads=a.threads, resume=resume, overwrite=not resume))
         r = s["replicas"][0]
-        entry = {"change": CONDITIONS[name], "epochs_run": meta["epochs_run"],
+        entry = {"change": CONDITIONS[name], "steps": a.steps, "epochs_run": meta["epochs_run"],
                  "train_frames": meta["split"]["train"][1] - meta["split"]["train"][0],
                  "test_force_rmse": meta["metrics"]["test"]["all"]["rmse"], "stable": r["stable"],
                  "time_ps": r["time_ps"], "failed_check": r.get("failed_check")}

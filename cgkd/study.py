@@ -70,7 +70,9 @@ class Task:
         elif self.kind == "simulate":
             from .simulate import simulate
 
-            resume = (out / "config.yaml").exists()
+            # Resume from a checkpoint; a folder without one (e.g. a fresh clone of a study whose checkpoints
+            # are not kept) starts the run again.
+            resume = (out / "config.yaml").exists() and any(out.glob("replica_*/traj.h5.chk"))
             cfg = config.SimConfig(**self.settings, out=str(out), resume=resume, overwrite=not resume)
             try:
                 simulate(cfg, progress=False)
