@@ -112,3 +112,21 @@ def test_a_failed_task_ends_its_chain_not_the_job(tmp_path):
     assert [f[0] for f in failures] == [bad.out] and "loss weights must be >= 0" in failures[0][1]
     assert "CgkdError" in (tmp_path / "bad" / "failed.txt").read_text()
     assert not after_bad.done() and not (tmp_path / "after_bad").exists() and other.done()
+
+
+def test_a_run_whose_checkpoint_was_not_kept_starts_again(cg, trained, tmp_path):
+    """A committed study folder keeps run configs and trajectories but not checkpoints: in a fresh clone an
+    unfinished run has config.yaml and no traj.h5.chk. It must run again, not count as a run that failed."""
+    from cgkd.study import Task
+
+    out = tmp_path / "replica_0"
+    task = Task("simulate", str(out), {"model": str(trained[0] / "member_0"), "start": cg, "steps": 40,
+                                       "report": 10, "dt_fs": 4.0, "checkpoint_every": 2, "threads": 1, "seed": 5})
+    task.run()
+    assert task.done()
+    for p in [*out.rglob("*.chk"), out / "summary.json"]:
+        p.unlink()
+    assert (out / "config.yaml").exists() and not task.done()
+    task.run()
+    replica = json.loads((out / "summary.json").read_text())["replicas"][0]
+    assert task.done() and replica["stable"] and replica["steps"] == 40 and replica.get("failed_check") is None
