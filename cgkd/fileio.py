@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .errors import CgkdError
+from .errors import CgkdError, OutputLocked
 
 
 def check_writable(path, overwrite=False):
@@ -42,7 +42,7 @@ def output_lock(path):
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            raise CgkdError(f"{path}: another cgkd run (pid {fh.read().strip() or '?'}) is writing this output; "
+            raise OutputLocked(f"{path}: another cgkd run (pid {fh.read().strip() or '?'}) is writing this output; "
                             "wait for it to finish or choose another output") from None
         fh.seek(0)
         fh.truncate()

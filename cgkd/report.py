@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from . import observables as obs  # noqa: E402
 from .dataset import CGDataset  # noqa: E402
 from .errors import CgkdError  # noqa: E402
-from .fileio import write_json  # noqa: E402
+from .fileio import atomic_path, write_json  # noqa: E402
 
 
 @dataclass
@@ -114,10 +114,12 @@ def compare(reference, models, out, settings=None, progress=True):
     if ref_diff[2] is None:
         raise CgkdError(f"{reference}: too few frames for a diffusion fit over {s.fit_window} of its lags")
     results, curves = {}, {"reference": (ref_obs, ref_diff)}
+    structure = {"reference": structure_mean([ref_obs])}
     for name, trs in runs.items():
-        per_replica = []
+        per_replica, observed = [], []
         for k, tr in enumerate(trs):
             o = _observe(tr, s, cutoffs, frames)
+            observed.append(o)
             d = _diffusion(tr, s)
             if k == 0:
                 curves[name] = (o, d)
@@ -137,8 +139,10 @@ def compare(reference, models, out, settings=None, progress=True):
                                   "std_replicas": float(np.std(vals)) if len(vals) > 1 else None,
                                   "sem_blocks": _mean_or_none([p[1].get(key) for p in per_replica]),
                                   "replicas": len(vals)}
+        structure[name] = structure_mean(observed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    save_structure(out / "structure.npz", structure)
     meta = {"reference": str(reference), "models": {k: [str(p) for p in v] for k, v in models.items()},
             "r_max_nm": s.r_max, "shell_cutoffs_nm": {f"{a}-{b}": c for (a, b), c in cutoffs.items()},
             "diffusion_nm2_per_ps": {"reference": ref_diff[2], **{n: c[1][2] for n, c in curves.items() if n != "reference"}},
@@ -164,44 +168,97 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=float))
 
 
-def plot_all(curves, out):
-    """RDF, ADF, CDF and MSD figures; returns the PNG names."""
-    colors = {"reference": "black"}
+def structure_mean(observations):
+    """The RDFs and ADFs of several observations (replicas, or seeds' replica means) averaged."""
+    first = observations[0]
+    return {"r": first["r"],
+            "rdf": {p: np.mean([o["rdf"][p] for o in observations], axis=0) for p in first["rdf"]},
+            "adf": {t: (first["adf"][t][0], np.mean([o["adf"][t][1] for o in observations], axis=0))
+                    for t in first["adf"]}}
+
+
+def save_structure(path, structure):
+    """{name: structure_mean(...)} as one .npz (keys name|r, name|rdf|A|B, name|adf|C|N1|N2|theta and |p)."""
+    arrays = {}
+    for name, st in structure.items():
+        arrays[f"{name}|r"] = st["r"]
+        arrays.update({f"{name}|rdf|{a}|{b}": g for (a, b), g in st["rdf"].items()})
+        for (c, (n1, n2)), (theta, p) in st["adf"].items():
+            arrays[f"{name}|adf|{c}|{n1}|{n2}|theta"], arrays[f"{name}|adf|{c}|{n1}|{n2}|p"] = theta, p
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_structure(path):
+    """The {name: {"r", "rdf", "adf"}} that save_structure wrote."""
+    out = {}
+    with np.load(path) as z:
+        for key in z.files:
+            name, kind, *rest = key.split("|")
+            st = out.setdefault(name, {"rdf": {}, "adf": {}})
+            if kind == "r":
+                st["r"] = z[key]
+            elif kind == "rdf":
+                st["rdf"][tuple(rest)] = z[key]
+            else:
+                c, n1, n2, which = rest
+                pair = st["adf"].setdefault((c, (n1, n2)), [None, None])
+                pair[0 if which == "theta" else 1] = z[key]
+    for st in out.values():
+        st["adf"] = {t: tuple(v) for t, v in st["adf"].items()}
+    return out
+
+
+def _colors(names):
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, name in enumerate(n for n in curves if n != "reference"):
-        colors[name] = palette[i % len(palette)]
-    ref = curves["reference"][0]
-    files = []
+    return {"reference": "black", **{n: palette[i % len(palette)] for i, n in enumerate(x for x in names
+                                                                                      if x != "reference")}}
 
-    def grid(n):
-        cols = min(3, n)
-        rows = -(-n // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-        for ax in axes.ravel()[n:]:
-            ax.set_visible(False)
-        return fig, axes.ravel()
 
-    pairs = list(ref["rdf"])
-    fig, axes = grid(len(pairs))
+def _grid(n):
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
+def plot_rdf(structure, path):
+    """One panel per bead-type pair, every curve of {name: {"r", "rdf"}} (the reference solid)."""
+    colors = _colors(structure)
+    pairs = list(structure["reference"]["rdf"])
+    fig, axes = _grid(len(pairs))
     for ax, p in zip(axes, pairs):
-        for name, (o, _) in curves.items():
+        for name, o in structure.items():
             ax.plot(o["r"], o["rdf"][p], color=colors[name], lw=1.5 if name == "reference" else 1.2,
                     ls="-" if name == "reference" else "--", label=name)
         ax.set(title=f"{p[0]}–{p[1]}", xlabel="r (nm)", ylabel="g(r)")
     axes[0].legend(frameon=False)
-    files.append(_save(fig, out / "rdf.png"))
+    return _save(fig, Path(path))
 
-    trip = list(ref["adf"])
-    fig, axes = grid(len(trip))
+
+def plot_adf(structure, path):
+    """One panel per triplet, every curve of {name: {"adf"}} (the reference solid)."""
+    colors = _colors(structure)
+    trip = list(structure["reference"]["adf"])
+    fig, axes = _grid(len(trip))
     for ax, t in zip(axes, trip):
-        for name, (o, _) in curves.items():
+        for name, o in structure.items():
             theta, p = o["adf"][t]
             ax.plot(theta, p, color=colors[name], ls="-" if name == "reference" else "--", label=name)
         ax.set(title=f"{t[1][0]}–{t[0]}–{t[1][1]}", xlabel="angle θ (degrees)", ylabel="P(θ) (1/degree)")
     axes[0].legend(frameon=False)
-    files.append(_save(fig, out / "adf.png"))
+    return _save(fig, Path(path))
 
-    for t in trip:
+
+def plot_all(curves, out):
+    """RDF, ADF, CDF and MSD figures; returns the PNG names."""
+    colors = _colors(curves)
+    ref = curves["reference"][0]
+    structure = {name: o for name, (o, _) in curves.items()}
+    files = [plot_rdf(structure, out / "rdf.png"), plot_adf(structure, out / "adf.png")]
+    for t in ref["adf"]:
         models = [n for n in curves if n != "reference"]
         fig, axes = plt.subplots(len(models), 3, figsize=(12, 3.4 * len(models)), squeeze=False)
         rr, th, dref = ref["cdf"][t]
@@ -220,7 +277,7 @@ def plot_all(curves, out):
         files.append(_save(fig, out / f"cdf_{t[1][0]}-{t[0]}-{t[1][1]}.png"))
 
     types = list(curves["reference"][1][1])
-    fig, axes = grid(len(types))
+    fig, axes = _grid(len(types))
     for ax, ty in zip(axes, types):
         ends = []
         for name, (_, (lags, m, D, window)) in curves.items():

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from . import config
-from .errors import CgkdError
+from .errors import CgkdError, OutputLocked
 from .fileio import output_lock, write_json
 
 @dataclass
@@ -48,17 +48,25 @@ def slug(name):
 
 @dataclass
 class Task:
-    """One independent job: `kind` (distill, simulate, compare, floor), its output folder and its settings."""
+    """One independent job: `kind` (distill, simulate, compare, floor), its output folder and its settings.
+    trajectory: a simulation whose trajectory a later task of its chain reads (it is done only while the
+    trajectory is there: a committed study keeps run summaries, not trajectories)."""
     kind: str
     out: str
     settings: dict
+    trajectory: bool = False
 
     def done(self):
         marker = {"distill": "metadata.json", "simulate": "summary.json", "compare": "results.json",
                   "floor": "results.json"}[self.kind]
         if self.kind == "simulate":
             f = Path(self.out) / marker
-            return f.exists() and _finished(json.loads(f.read_text()), self.settings["steps"])
+            if not f.exists():
+                return False
+            summary = json.loads(f.read_text())
+            wrote = any(r.get("frames", 0) > 0 for r in summary.get("replicas", []))
+            return _finished(summary, self.settings["steps"]) and not (
+                self.trajectory and wrote and not any(Path(self.out).glob("replica_*/traj.h5")))
         return (Path(self.out) / marker).exists()
 
     def run(self):
@@ -76,6 +84,8 @@ class Task:
             cfg = config.SimConfig(**self.settings, out=str(out), resume=resume, overwrite=not resume)
             try:
                 simulate(cfg, progress=False)
+            except OutputLocked:  # another process runs this task: not a result
+                raise
             except CgkdError as e:  # a run that cannot start (e.g. NaN at step 0) is a failed replica
                 write_json(out / "summary.json", {"replicas": [{"stable": False, "failed_check": "start",
                                                                 "detail": str(e), "time_to_failure_ps": 0.0,
@@ -94,6 +104,15 @@ class Task:
             compare(s["reference"], models, out, CompareSettings(**s.get("compare", {})), progress=False)
 
 
+def chain_done(chain):
+    """A chain that ends in a comparison is done once the comparison is (its runs' trajectories may be gone)."""
+    return chain[-1].done() if chain[-1].kind == "compare" else all(t.done() for t in chain)
+
+
+def tasks_done(chain):
+    return len(chain) if chain_done(chain) else sum(t.done() for t in chain)
+
+
 def _finished(summary, steps):
     reps = summary.get("replicas", [])
     return bool(reps) and all((not r["stable"]) or r["steps"] >= steps for r in reps)
@@ -110,6 +129,8 @@ def run_chains(chains, threads=1):
     torch.set_num_threads(threads)
     failures = []
     for chain in chains:
+        if chain_done(chain):
+            continue
         for t in chain:
             if t.done():
                 continue
@@ -178,7 +199,8 @@ class Study:
                     if name in c.variants:
                         chain.append(Task("distill", model, self._distill_settings(name, seed)))
                     for k in range(c.references.get(name, {}).get("replicas", c.simulate.get("replicas", 3))):
-                        chain.append(Task("simulate", str(folder / f"replica_{k}"), {**base, "seed": 1000 * seed + k}))
+                        chain.append(Task("simulate", str(folder / f"replica_{k}"), {**base, "seed": 1000 * seed + k},
+                                          trajectory=True))
                     chain.append(Task("compare", str(self.out / "compare" / slug(name) / f"seed_{seed}"),
                                       {"reference": c.dataset, "name": name, "runs": str(folder),
                                        "compare": c.compare}))
@@ -227,12 +249,12 @@ class Study:
         """Submit the unfinished chains of a stage and wait for them, printing progress (chains and tasks done,
         running jobs) and rewriting the report whenever a chain finishes; returns the failed tasks."""
         chains = self.chains(stage)
-        todo = [ch for ch in chains if not all(t.done() for t in ch)]
+        todo = [ch for ch in chains if not chain_done(ch)]
         n_tasks = sum(len(ch) for ch in chains)
 
         def status():
-            return (len(chains) - sum(not all(t.done() for t in ch) for ch in todo),
-                    n_tasks - sum(not t.done() for ch in todo for t in ch))
+            return (len(chains) - sum(not chain_done(ch) for ch in todo),
+                    n_tasks - sum(len(ch) - tasks_done(ch) for ch in todo))
 
         if progress:
             print(f"cgkd study: {stage}: {len(chains) - len(todo)}/{len(chains)} chains done, {len(todo)} to run "
@@ -282,22 +304,33 @@ class Study:
             return result
 
     def overlay(self, result, base="FM"):
-        """<out>/compare/overlay: FM and the KD variant of lowest mean RDF error against AA in one comparison
-        (all their seeds' default replicas), for the RDF/ADF/CDF overlay plots."""
-        from .report import CompareSettings, compare
+        """<out>/compare/overlay: RDF and ADF plots of FM and of the KD variant of lowest mean RDF error against
+        AA, each the mean over its seeds of their comparisons' replica-mean curves (structure.npz)."""
+        from .report import load_structure, plot_adf, plot_rdf, structure_mean
 
         means = {n: np.mean([e["rdf_error_mean"] for e in es]) for n, es in result["variants"].items()
                  if n != base and es and all(e.get("rdf_error_mean") is not None for e in es)}
         if base not in result["variants"] or not means:
             return None
         best = min(means, key=means.get)
-        runs = self.out / "runs"
-        models = {base: _trajectories(runs / slug(base), "seed_*/"),
-                  f"{best} (best KD)": _trajectories(runs / slug(best), "seed_*/")}
-        if not all(models.values()):
+        rows = {base: base, f"{best} (best KD)": best}
+        files = {label: sorted((self.out / "compare" / slug(row)).glob("seed_*/structure.npz"))
+                 for label, row in rows.items()}
+        if not all(files.values()):
             return None
-        return compare(self.cfg.dataset, models, self.out / "compare" / "overlay",
-                       CompareSettings(**self.cfg.compare), progress=False)
+        curves = {}
+        for label, row in rows.items():
+            seeds = [load_structure(f) for f in files[label]]
+            curves.setdefault("reference", seeds[0]["reference"])
+            curves[label] = structure_mean([st[row] for st in seeds])
+        out = self.out / "compare" / "overlay"
+        out.mkdir(parents=True, exist_ok=True)
+        plot_rdf(curves, out / "rdf.png")
+        plot_adf(curves, out / "adf.png")
+        summary = {"models": {label: [str(f) for f in fs] for label, fs in files.items()},
+                   "curves": "mean over seeds of each seed's mean over its replicas"}
+        write_json(out / "results.json", summary)
+        return summary
 
     def report(self):
         """ablation.json and study.md (table and plots) from whatever has finished; returns the aggregate."""
@@ -319,10 +352,9 @@ def _frames(path):
         return 0
 
 
-def _trajectories(folder, seeds=""):
-    """The default replicas' trajectories under a runs folder (of one seed, or with seeds="seed_*/" of all)
-    that are long enough to compare."""
-    return [str(t) for t in sorted(Path(folder).glob(f"{seeds}replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
+def _trajectories(folder):
+    """The default replicas' trajectories of one row and seed that are long enough to compare."""
+    return [str(t) for t in sorted(Path(folder).glob("replica_*/replica_0/traj.h5")) if _frames(t) >= 8]
 
 
 def _run_summary(folder):

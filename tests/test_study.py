@@ -69,12 +69,15 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     assert (out / "study_stability.png").stat().st_size > 1000 and "](study_stability.png)" in table
     overlay = json.loads((out / "compare" / "overlay" / "results.json").read_text())
     assert set(overlay["models"]) == {"FM", "KD-1 {f} (best KD)"} and "](compare/overlay/rdf.png)" in table
+    for p in [*out.glob("runs/**/traj.h5"), *out.rglob("*.chk"), *out.rglob("checkpoint.pt")]:
+        p.unlink()  # what a committed study folder does not keep (a fresh clone of it)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
     assert main(["study", "--config", str(f)]) == 0
     printed = capsys.readouterr().out
     # main: the noise floor; FM, KD-1 (distil, 2 runs, compare), teacher (1 run, compare); stress: one run each
     assert "main: 4/4 chains done, 0 to run (11 tasks)" in printed and "stress: 3/3 chains done" in printed
-    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")} and not any(out.glob("runs/**/traj.h5"))
+    assert (out / "compare" / "overlay" / "rdf.png").stat().st_size > 1000  # from the comparisons' curves
     (out / "study.md").unlink()
     assert main(["study", "--config", str(f), "--report"]) == 0  # gathers only: the table comes back
     assert "| KD-1 {f} | 1/1 |" in (out / "study.md").read_text()
