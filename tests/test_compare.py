@@ -101,6 +101,17 @@ def test_replica_spread_is_the_std_of_the_replicas_scores(datasets):
         single = one["scores"]["jitter"][key]["mean"]  # the reference itself scores 0
         assert r["scores"]["two"][key]["mean"] == pytest.approx(single / 2, rel=1e-9)
         assert r["scores"]["two"][key]["std_replicas"] == pytest.approx(single / 2, rel=1e-9)
+    # structure.npz: the replicas' mean RDF (here of the reference and the jittered copy), computed apart.
+    from cgkd import observables as obs
+    from cgkd.report import Traj, load_structure
+
+    saved = load_structure(d / "report2" / "structure.npz")
+    assert set(saved) == {"reference", "two"}
+    g = [obs.rdf(t.positions, t.boxes, t.types, r_max=0.75, n_bins=40)[1] for t in (Traj(ref), Traj(model))]
+    for pair, mean in saved["two"]["rdf"].items():
+        np.testing.assert_allclose(mean, (g[0][pair] + g[1][pair]) / 2, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(saved["reference"]["rdf"][pair], g[0][pair], rtol=1e-10, atol=1e-12)
+    assert set(saved["two"]["adf"]) == set(saved["reference"]["adf"]) and saved["two"]["adf"]
 
 
 def test_a_run_too_short_for_diffusion_still_gets_structure_scores(datasets, tmp_path):
