@@ -1,6 +1,7 @@
 """Faults survived, nothing lost: a second run into a locked output, disk full while writing, damaged inputs.
 (The full kill sweep is benchmarks/faults.py.)"""
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -23,14 +24,14 @@ def _cli(capsys, *argv):
     return code, [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
 
 
-def _disk_full_at(monkeypatch, owner, method, call, path):
-    """owner.method raises ENOSPC (as a full disk does) at its call-th call."""
+def _disk_full_at(monkeypatch, owner, method, call, path, code=errno.ENOSPC):
+    """owner.method raises ENOSPC (as a full disk does; or another errno, e.g. EACCES) at its call-th call."""
     original, calls = getattr(owner, method), {"n": 0}
 
     def full(*a, **k):
         calls["n"] += 1
         if calls["n"] == call:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            raise OSError(code, os.strerror(code), str(path))
         return original(*a, **k)
 
     monkeypatch.setattr(owner, method, full)
@@ -55,15 +56,18 @@ def test_a_second_run_into_a_locked_output_is_refused(cg, trained, tmp_path, cap
     assert code == 0  # the lock died with its holder
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
 def test_disk_full_while_simulating_keeps_the_checkpoint_and_resume_completes(cg, trained, tmp_path, capsys,
-                                                                             monkeypatch):
+                                                                             monkeypatch, code):
+    """A full disk (ENOSPC) or a refused write (EACCES: the tests run as root, so a read-only folder would not
+    refuse) in the middle of a run."""
     model, _ = trained
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert _cli(capsys, "simulate", "--model", model, "--start", cg, "--out", ref, "--steps", 200, *SIM)[0] == 0
-    restore = _disk_full_at(monkeypatch, H5MDWriter, "extend", 6, out / "replica_0" / "traj.h5")
-    code, err = _cli(capsys, "simulate", "--model", model, "--start", cg, "--out", out, "--steps", 200, *SIM)
+    restore = _disk_full_at(monkeypatch, H5MDWriter, "extend", 6, out / "replica_0" / "traj.h5", code)
+    exit_code, err = _cli(capsys, "simulate", "--model", model, "--start", cg, "--out", out, "--steps", 200, *SIM)
     restore()
-    assert code == 1 and len(err) == 1 and "No space left on device" in err[0] and "traj.h5" in err[0]
+    assert exit_code == 1 and len(err) == 1 and os.strerror(code) in err[0] and "traj.h5" in err[0]
     chk = out / "replica_0" / "traj.h5.chk"
     assert read_checkpoint(chk)[0]["frames"] == 4  # checkpoints every 2 frames: the one at frame 4 is intact
     with H5MDTrajectory(out / "replica_0" / "traj.h5") as t:
