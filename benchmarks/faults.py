@@ -54,7 +54,7 @@ def stages(work):
                    capture_output=True)
     subprocess.run(CGKD + ["build", "--system", "ethaline", "--units", "10", "--cutoff", "0.7", "--out", work / "box.pdb"], check=True,
                    capture_output=True)
-    aa = ["aa", "--pdb", work / "box.pdb", "--npt-ps", "0.4", "--nvt-ps", "1.6", "--stride", "20", "--hmr",
+    aa = ["aa", "--pdb", work / "box.pdb", "--npt-ps", "0.4", "--nvt-ps", "6.4", "--stride", "20", "--hmr",
           "--cutoff", "0.7", "--minimize-iterations", "200", "--checkpoint-ps", "0.16", "--threads", "1"]
     sim = ["simulate", "--model", teachers / "member_0", "--start", data, "--steps", "600", "--report", "20",
            "--checkpoint-every", "2", "--threads", "1", "--platform", "CPU"]
