@@ -43,7 +43,7 @@ def output_lock(path):
         except BlockingIOError:
             fh.seek(0)
             raise OutputLocked(f"{path}: another cgkd run (pid {fh.read().strip() or '?'}) is writing this output; "
-                            "wait for it to finish or choose another output") from None
+                               "wait for it to finish or choose another output") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
