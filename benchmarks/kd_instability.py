@@ -1,0 +1,139 @@
+"""Why do distilled students fail where the force-matched one runs? Teacher disagreement and the student's
+error against the teachers along a CG run of each student, against their values on the training frames.
+
+For each model (default: the ablation's FM, KD-8 {f} and KD-8 {f,eps} + perturbed frames students of seed 1)
+a short run is made with the ablation's settings (10 fs, Langevin 1/ps, the dataset's last frame, the seed of
+its first default replica) but a frame every --report steps, stopped by the stability monitor as in the
+study. The 8 teachers label every frame (`cgkd label`); per frame this records the ensemble's force standard
+deviation (RMS over beads and components: the teachers' own uncertainty), the student's force error against
+the ensemble mean (RMS) and the closest bead pair relative to its pair's onset in
+the data. On the training frames the teachers' std and the student's test error are known: frames far from
+the data show as teacher disagreement rising above its training value.
+
+    python benchmarks/kd_instability.py                       # ~10 min on 2 cores
+    python benchmarks/kd_instability.py --models FM=benchmarks/results/ablation/models/FM/seed_1 --steps 2000
+
+Writes benchmarks/results/kd_instability.json and kd_instability.png.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cgkd import config
+from cgkd.bench import record
+from cgkd.dataset import CGDataset
+from cgkd.labels import label
+from cgkd.model import load_model
+from cgkd.observables import in_box
+from cgkd.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "benchmarks" / "results" / "ablation" / "models"
+RESULTS = ROOT / "benchmarks" / "results" / "kd_instability.json"
+DEFAULT = {"FM": STUDY / "FM" / "seed_1", "KD-8 {f}": STUDY / "KD-8__f" / "seed_1",
+           "KD-8 {f,eps} + perturbed frames": STUDY / "KD-8__f_eps____perturbed_frames" / "seed_1"}
+
+
+def closest_over_onset(pos, box, types, onsets, names):
+    """Smallest (pair distance / the onset of its type pair) in a frame (minimum image, orthorhombic box)."""
+    edge = np.diag(box)
+    x = in_box(pos, edge)
+    d = x[:, None] - x[None]
+    d -= edge * np.round(d / edge)
+    r = np.linalg.norm(d, axis=-1)
+    idx = np.array([names.index(t) for t in types])
+    ratio = r / onsets[idx[:, None], idx[None]]
+    np.fill_diagonal(ratio, np.inf)
+    return float(ratio.min())
+
+
+def along_run(name, model_dir, teachers, dataset, work, a):
+    meta = json.loads((Path(model_dir) / "metadata.json").read_text())
+    out = work / name.replace(" ", "_").replace("{", "").replace("}", "").replace(",", "_")
+    s = simulate(config.SimConfig(model=str(model_dir), start=dataset, out=str(out), steps=a.steps, dt_fs=10.0,
+                                  report=a.report, checkpoint_every=1000, seed=1000, threads=a.threads,
+                                  platform="CPU", overwrite=True), progress=False)
+    rep = s["replicas"][0]
+    traj = CGDataset(rep["out"], forces=False)
+    labels, _ = label(teachers, traj, progress=False)
+    mean = labels.mean()
+    model = load_model(model_dir)
+    types = model.type_index(traj.type_names)
+    names = model.type_names
+    onsets = np.asarray(meta["pair_onsets_nm"])
+    rows = []
+    for k in range(len(traj)):
+        pos = torch.from_numpy(traj.positions[k]).requires_grad_(True)
+        _, _, f = model.energy_forces(types, pos, torch.from_numpy(traj.boxes[k]))
+        err = f.detach().numpy() - mean["forces"][k]
+        rows.append({"time_ps": float(traj.times[k]), "teacher_force_std": float(np.sqrt((mean["force_std"][k] ** 2).mean())),
+                     "student_vs_teachers_rmse": float(np.sqrt((err ** 2).mean())),
+                     "closest_pair_over_onset": closest_over_onset(traj.positions[k], traj.boxes[k], traj.type_names,
+                                                                   onsets, names)})
+    return {"model": str(Path(model_dir).relative_to(ROOT)), "stable": rep["stable"], "time_ps": rep["time_ps"],
+            "failed_check": rep.get("failed_check"),
+            "test_force_rmse_vs_teachers": meta["metrics"]["test"]["forces_vs_teachers"]["all"]["rmse"],
+            "frames": rows}
+
+
+def plot(res, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    ref = res["training_frames"]["teacher_force_std"]
+    for name, r in res["models"].items():
+        t = [x["time_ps"] for x in r["frames"]]
+        end = "" if r["stable"] else f" (failed at {r['time_ps']:.0f} ps: {r['failed_check']})"
+        axes[0].plot(t, [x["teacher_force_std"] / ref for x in r["frames"]], label=name + end)
+        axes[1].plot(t, [x["student_vs_teachers_rmse"] for x in r["frames"]], label=name)
+        axes[2].plot(t, [x["closest_pair_over_onset"] for x in r["frames"]], label=name)
+    axes[0].axhline(1.0, color="grey", ls=":", label="training frames")
+    axes[0].set(xlabel="time (ps)", ylabel="teachers' force std / its training value",
+                title="Teacher disagreement along the run")
+    axes[1].set(xlabel="time (ps)", ylabel="student − teachers' mean force, RMS (kJ/mol/nm)",
+                title="Student error against the teachers")
+    axes[2].set(xlabel="time (ps)", ylabel="closest pair / its RDF onset", title="Closest approach")
+    axes[0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="*", help="NAME=FOLDER (default: FM, KD-8 {f}, KD-8 {f,eps} + perturbed)")
+    ap.add_argument("--teachers", default=str(ROOT / "forcefields" / "cg" / "ethaline" / "teachers"))
+    ap.add_argument("--dataset", default=str(ROOT / "systems" / "ethaline" / "reference" / "ethaline_cg.h5"))
+    ap.add_argument("--steps", type=int, default=5000, help="steps at 10 fs (default 50 ps)")
+    ap.add_argument("--report", type=int, default=50, help="steps between frames (default 0.5 ps)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "kd_instability"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    models = dict(m.split("=", 1) for m in a.models) if a.models else DEFAULT
+    ds = CGDataset(a.dataset)
+    lo, hi = json.loads((Path(next(iter(models.values()))) / "metadata.json").read_text())["split"]["train"]
+    std = label(a.teachers, ds, progress=True)[0].mean()["force_std"][lo:hi]
+    res = {"steps": a.steps, "report": a.report, "dt_fs": 10.0, "teachers": a.teachers,
+           "training_frames": {"teacher_force_std": float(np.sqrt((std ** 2).mean())), "frames": [lo, hi]},
+           "models": {}}
+    for name, folder in models.items():
+        res["models"][name] = r = along_run(name, Path(folder).resolve(), a.teachers, a.dataset, Path(a.work), a)
+        last = r["frames"][-1]
+        print(f"{name}: {'stable' if r['stable'] else 'failed at %.1f ps (%s)' % (r['time_ps'], r['failed_check'])}; "
+              f"last frame: teacher std {last['teacher_force_std'] / res['training_frames']['teacher_force_std']:.2f}x "
+              f"training, student-teacher RMSE {last['student_vs_teachers_rmse']:.1f} (test "
+              f"{r['test_force_rmse_vs_teachers']:.1f}), closest pair {last['closest_pair_over_onset']:.2f} x onset",
+              flush=True)
+        record(RESULTS, res)
+    plot(res, RESULTS.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
