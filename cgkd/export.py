@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import CgkdError
-from .fileio import atomic_path
+from .fileio import atomic_path, check_zip
 
 
 class ExportedPotential(torch.nn.Module):
@@ -102,6 +102,11 @@ def torch_force(model, cuda_graphs=False):
         model = Path(model)
         if not model.is_file():
             raise CgkdError(f"{model}: exported model file does not exist")
+        check_zip(model, "TorchScript file")
+        try:
+            torch.jit.load(str(model))
+        except Exception as e:  # torch raises RuntimeError and others for foreign or damaged archives
+            raise CgkdError(f"{model}: not a loadable TorchScript model ({str(e).splitlines()[0]})") from None
         model = str(model)
     force = openmmtorch.TorchForce(model)
     force.setUsesPeriodicBoundaryConditions(True)

@@ -115,3 +115,17 @@ def trim_csv(path, column, last):
             continue
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(rows[:1] + keep) + "\n")
+
+
+def check_zip(path, what):
+    """Refuse a damaged zip archive (torch's checkpoint and TorchScript formats: torch does not check their
+    CRC-32s itself): a CgkdError naming the file and the failing part."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CgkdError(f"{path}: not a readable {what} ({e})") from None
+    if bad is not None:
+        raise CgkdError(f"{path}: damaged (the checksum of its part {bad} fails)")

@@ -11,8 +11,9 @@ and E is the sum of the centred eps. Only then are members averaged. Forces are 
 
 The file (HDF5, format cgkd-labels-1) holds `forces` (frames, members, beads, 3), `energy` (frames, members),
 `eps` (frames, members, beads) and, for readers outside cgkd, their member means and standard deviations
-(`mean_forces`, `std_forces`, ...). It is keyed by the sha256 of the labelled file, of every member's model.pt
-and of the centring offsets: unchanged inputs reuse it, changed ones get new labels in the cache
+(`mean_forces`, `std_forces`, ...), every dataset Fletcher-32 checksummed (a bit flip fails loudly). It is
+keyed by the sha256 of the labelled file, of every member's model.pt and of the centring offsets: unchanged
+inputs reuse it, changed ones get new labels in the cache
 (<teachers>/labels/), and a label file given by path that no longer matches is refused, saying what changed.
 Work in progress lives in <file>.partial (frames done so far), so an interrupted run resumes; the final name
 appears only when complete.
@@ -233,10 +234,10 @@ def _label_locked(teachers, ds, key, offsets, out, batch_size, overwrite, progre
                            member_sha256=json.dumps(teachers.hashes), type_names=json.dumps(ds.type_names),
                            eps_offsets=json.dumps(offsets),
                            units=json.dumps({"forces": "kJ/mol/nm", "energy": "kJ/mol", "eps": "kJ/mol"}))
-            f.create_dataset("forces", (f_total, m, n, 3), np.float32, chunks=(1, m, n, 3))
-            f.create_dataset("energy", (f_total, m), np.float64)
-            f.create_dataset("eps", (f_total, m, n), np.float32, chunks=(1, m, n))
-            f.create_dataset("done", (f_total,), bool)
+            f.create_dataset("forces", (f_total, m, n, 3), np.float32, chunks=(1, m, n, 3), fletcher32=True)
+            f.create_dataset("energy", (f_total, m), np.float64, fletcher32=True)
+            f.create_dataset("eps", (f_total, m, n), np.float32, chunks=(1, m, n), fletcher32=True)
+            f.create_dataset("done", (f_total,), bool, fletcher32=True)
         todo = np.flatnonzero(~f["done"][:])
         types = teachers.model.type_index(ds.type_names)
         for fr in tqdm([todo[s:s + batch_size] for s in range(0, len(todo), batch_size)], disable=not progress,
@@ -258,7 +259,7 @@ def _label_locked(teachers, ds, key, offsets, out, batch_size, overwrite, progre
             for stat in ("mean", "std"):
                 if f"{stat}_{name}" in f:
                     del f[f"{stat}_{name}"]
-            f.create_dataset(f"mean_{name}", data=values.mean(axis=1))
-            f.create_dataset(f"std_{name}", data=values.std(axis=1))
+            f.create_dataset(f"mean_{name}", data=values.mean(axis=1), fletcher32=True)
+            f.create_dataset(f"std_{name}", data=values.std(axis=1), fletcher32=True)
     os.replace(partial, out)
     return Labels(out), status

@@ -17,7 +17,7 @@ if not os.environ.get("CGKD_VERBOSE"):  # warp (TorchMD-Net's kernels) logs ever
 from torchmdnet.models.utils import OptimizedDistance  # noqa: E402
 
 from .errors import CgkdError
-from .fileio import atomic_path
+from .fileio import atomic_path, check_zip
 from .observables import in_box
 
 ARCHITECTURES = ("tensornet", "et", "gn")  # TensorNet, equivariant transformer, graph network (SchNet-like)
@@ -188,15 +188,7 @@ def save_checkpoint(path, state):
 def load_checkpoint(path):
     """A cgkd checkpoint or model.pt; a damaged file (torch's zip archive with a failing CRC-32, which torch
     itself does not check) is refused."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (OSError, zipfile.BadZipFile) as e:
-        raise CgkdError(f"{path}: not a readable cgkd checkpoint ({e})") from None
-    if bad is not None:
-        raise CgkdError(f"{path}: damaged (the checksum of its part {bad} fails)")
+    check_zip(path, "cgkd checkpoint")
     try:
         state = torch.load(path, weights_only=False)
     except Exception as e:  # torch raises several types for foreign or truncated files

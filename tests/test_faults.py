@@ -137,6 +137,25 @@ def test_damaged_inputs_give_one_line_errors_and_overwrite_nothing(cg, trained, 
     _damage(tmp_path / "r" / "member_0" / "checkpoint.pt", how)
     code, err = _cli(capsys, "train", "--dataset", cg, "--out", tmp_path / "r", *flags, "--epochs=3", "--resume")
     assert code == 2 and len(err) == 1 and "checkpoint.pt" in err[0]
+    # A label file: distill refuses it and creates nothing; the file is left as it was.
+    labels = tmp_path / "labels.h5"
+    assert _cli(capsys, "label", "--teachers", model, "--dataset", cg, "--out", labels)[0] == 0
+    _damage(labels, how)
+    damaged = labels.read_bytes()
+    code, err = _cli(capsys, "distill", "--teachers", model, "--dataset", cg, "--labels", labels,
+                     "--out", tmp_path / "student", "--epochs", 1, "--channels", 8, "--rbf", 4, "--cutoff", 0.7)
+    assert code == 2 and len(err) == 1 and "labels.h5" in err[0] and not (tmp_path / "student").exists()
+    assert labels.read_bytes() == damaged
+    # A TorchScript export: the TorchForce is refused with the file named.
+    from cgkd import CgkdError
+    from cgkd.export import torch_force
+
+    ts = tmp_path / "model.ts"
+    assert _cli(capsys, "export", "--model", model, "--topology", cg, "--out", ts)[0] == 0
+    torch_force(ts)  # intact: loads
+    _damage(ts, how)
+    with pytest.raises(CgkdError, match="model.ts"):
+        torch_force(ts)
     # A YAML config.
     cfg = tmp_path / "train.yaml"
     cfg.write_text(f"{{dataset: \"{cg}\", out: \"{tmp_path / 'y'}\", epochs: 2, cutoff: 0.7}}\n")
