@@ -11,9 +11,14 @@ the data. On the training frames the teachers' std and the student's test error 
 the data show as teacher disagreement rising above its training value.
 
     python benchmarks/kd_instability.py                       # ~10 min on 2 cores
+    python benchmarks/kd_instability.py --scans-only          # the pair scans, with the recorded runs
     python benchmarks/kd_instability.py --models FM=benchmarks/results/ablation/models/FM/seed_1 --steps 2000
 
-Writes benchmarks/results/kd_instability.json and kd_instability.png.
+Then, for the closest pair of each bead-type pair in that start frame, the total energy of every model (walls
+included) and of the teachers' mean as one bead is moved along the pair's axis from 1.3 to 0.55 x the pair's
+RDF onset: a model with an energy hole inside the onsets shows it here directly.
+
+Writes benchmarks/results/kd_instability.json, kd_instability.png and kd_instability_pairs.png.
 """
 import argparse
 import json
@@ -79,6 +84,46 @@ def along_run(name, model_dir, teachers, dataset, work, a):
             "frames": rows}
 
 
+def pair_scans(models, teachers, dataset, fractions):
+    """Total energy (walls included) as one bead of the closest pair of each bead-type pair in the dataset's last
+    frame is moved along the pair's axis to `fractions` x the pair's RDF onset, everything else fixed; relative
+    to its value at the largest fraction. {pair: {"fractions", model name: [dE]}}; teachers: the members' mean."""
+    from cgkd.model import load_ensemble
+
+    ds = CGDataset(dataset, frames=slice(-1, None), forces=False, dtype=np.float64)
+    pos0, box = ds.positions[0], ds.boxes[0]
+    edge = np.diag(box)
+    loaded = {name: [load_model(m).double()] for name, m in models.items()}
+    loaded["teachers (mean of 8)"] = [m.double() for m in load_ensemble(teachers)[1]]
+    meta = json.loads((Path(next(iter(models.values()))) / "metadata.json").read_text())
+    names, onsets = meta["bead_types"], np.asarray(meta["pair_onsets_nm"])
+    types = np.array(ds.type_names)
+    out = {}
+    for a in range(len(names)):
+        for b in range(a, len(names)):
+            ia, ib = np.where(types == names[a])[0], np.where(types == names[b])[0]
+            d = pos0[ib][None] - pos0[ia][:, None]
+            d -= edge * np.round(d / edge)
+            r = np.linalg.norm(d, axis=-1)
+            r[ia[:, None] == ib[None]] = np.inf
+            i, j = np.unravel_index(np.argmin(r), r.shape)
+            i, j, axis = ia[i], ib[j], d[i, j] / r[i, j]
+            onset = onsets[a, b]
+            scan = {"fractions": list(fractions), "bead_pair": [int(i), int(j)]}
+            for name, members in loaded.items():
+                tidx = members[0].type_index(list(ds.type_names))
+                energies = []
+                for f in fractions:
+                    pos = pos0.copy()
+                    pos[j] = pos0[i] + axis * f * onset
+                    with torch.no_grad():
+                        e = [m(tidx, torch.from_numpy(pos), torch.from_numpy(box))[1].item() for m in members]
+                    energies.append(float(np.mean(e)))
+                scan[name] = [e - energies[0] for e in energies]
+            out[f"{names[a]}-{names[b]}"] = scan
+    return out
+
+
 def plot(res, path):
     import matplotlib
 
@@ -103,6 +148,20 @@ def plot(res, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    scans = res.get("pair_scans")
+    if scans:
+        fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+        for ax, (pair, scan) in zip(axes.ravel(), scans.items()):
+            for name, de in scan.items():
+                if name not in ("fractions", "bead_pair"):
+                    ax.plot(scan["fractions"], de, label=name, ls=":" if name.startswith("teachers") else "-")
+            ax.axvline(1.0, color="grey", lw=0.8)
+            ax.set(title=f"{pair}: its closest pair moved", xlabel="pair distance / RDF onset",
+                   ylabel="total energy change (kJ/mol)", ylim=(-40, 80))
+        axes[0, 0].legend(frameon=False, fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path.with_name(path.stem + "_pairs.png"), dpi=110)
+        plt.close(fig)
 
 
 def main():
@@ -114,16 +173,20 @@ def main():
     ap.add_argument("--report", type=int, default=50, help="steps between frames (default 0.5 ps)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(ROOT / "runs" / "kd_instability"))
+    ap.add_argument("--scans-only", action="store_true", help="keep the recorded runs, redo the pair scans")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     models = dict(m.split("=", 1) for m in a.models) if a.models else DEFAULT
-    ds = CGDataset(a.dataset)
-    lo, hi = json.loads((Path(next(iter(models.values()))) / "metadata.json").read_text())["split"]["train"]
-    std = label(a.teachers, ds, progress=True)[0].mean()["force_std"][lo:hi]
-    res = {"steps": a.steps, "report": a.report, "dt_fs": 10.0, "teachers": a.teachers,
-           "training_frames": {"teacher_force_std": float(np.sqrt((std ** 2).mean())), "frames": [lo, hi]},
-           "models": {}}
-    for name, folder in models.items():
+    if a.scans_only:
+        res = json.loads(RESULTS.read_text())
+    else:
+        ds = CGDataset(a.dataset)
+        lo, hi = json.loads((Path(next(iter(models.values()))) / "metadata.json").read_text())["split"]["train"]
+        std = label(a.teachers, ds, progress=True)[0].mean()["force_std"][lo:hi]
+        res = {"steps": a.steps, "report": a.report, "dt_fs": 10.0, "teachers": a.teachers,
+               "training_frames": {"teacher_force_std": float(np.sqrt((std ** 2).mean())), "frames": [lo, hi]},
+               "models": {}}
+    for name, folder in ({} if a.scans_only else models).items():
         res["models"][name] = r = along_run(name, Path(folder).resolve(), a.teachers, a.dataset, Path(a.work), a)
         last = r["frames"][-1]
         print(f"{name}: {'stable' if r['stable'] else 'failed at %.1f ps (%s)' % (r['time_ps'], r['failed_check'])}; "
@@ -132,6 +195,13 @@ def main():
               f"{r['test_force_rmse_vs_teachers']:.1f}), closest pair {last['closest_pair_over_onset']:.2f} x onset",
               flush=True)
         record(RESULTS, res)
+    fractions = np.round(np.linspace(1.3, 0.55, 16), 3)
+    res["pair_scans"] = pair_scans(models, a.teachers, a.dataset, fractions)
+    for pair, scan in res["pair_scans"].items():
+        k = list(fractions).index(0.75)
+        print(f"{pair}: energy at 0.75 x onset relative to 1.3 x: " + ", ".join(
+            f"{n} {v[k]:+.1f}" for n, v in scan.items() if n not in ("fractions", "bead_pair")) + " kJ/mol", flush=True)
+    record(RESULTS, res)
     plot(res, RESULTS.with_suffix(".png"))
 
 
