@@ -95,6 +95,27 @@ def _paired_lines(result):
     return lines + [""] if lines else []
 
 
+def _diffusion_lines(result):
+    """Per species: the AA diffusion coefficient and every row's D_CG/D_AA (mean ± std over seeds), the factor
+    that maps CG time onto AA time for that species."""
+    aa = result.get("aa_diffusion_nm2_per_ps") or {}
+    if not aa:
+        return []
+    species = sorted(aa)
+    lines = ["## Diffusion: time rescaling per species", "",
+             "D_CG/D_AA per species (mean ± std over seeds): CG dynamics run this many times faster than AA; "
+             "multiply a CG time by it for the AA time it stands for.", "",
+             "| model | " + " | ".join(species) + " |", "|---|" + "---|" * len(species),
+             "| AA: D (nm²/ps) | " + " | ".join(f"{aa[t]:.3g}" for t in species) + " |"]
+    for kind in ("variants", "references"):
+        for name, entries in result[kind].items():
+            ratios = [e["time_rescaling_D_cg_over_aa"] for e in entries if e.get("time_rescaling_D_cg_over_aa")]
+            if ratios:
+                lines.append(f"| {name} | " + " | ".join(_cell(_stats([r.get(t) for r in ratios])) for t in species)
+                             + " |")
+    return lines + [""]
+
+
 def markdown(result, plots=()):
     table, _ = rows(result)
     floor = result.get("noise_floor") or {}
@@ -115,7 +136,7 @@ def markdown(result, plots=()):
         cols = list(next(iter(table.values())))
         lines += ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {name} | " + " | ".join(row[c] for c in cols) + " |" for name, row in table.items()]
-    lines += [""] + _paired_lines(result) + [f"![{Path(p).stem}]({p})" for p in plots]
+    lines += [""] + _paired_lines(result) + _diffusion_lines(result) + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,10 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     assert "AA noise floor" in table and (out / "study_rdf_error.png").stat().st_size > 1000
     assert "| KD-1 {f} | RDF error | 1 |" in table and "one seed: no interval" in table
     assert (out / "study_stability.png").stat().st_size > 1000 and "](study_stability.png)" in table
+    d = result["aa_diffusion_nm2_per_ps"]
+    assert "| AA: D (nm²/ps) | " + " | ".join(f"{d[t]:.3g}" for t in sorted(d)) + " |" in table
+    fm = result["variants"]["FM"][0]["time_rescaling_D_cg_over_aa"]
+    assert "| FM | " + " | ".join(f"{fm[t]:.3g}" for t in sorted(d)) + " |" in table
     overlay = json.loads((out / "compare" / "overlay" / "results.json").read_text())
     assert set(overlay["models"]) == {"FM", "KD-1 {f} (best KD)"} and "](compare/overlay/rdf.png)" in table
     for p in [*out.glob("runs/**/traj.h5"), *out.rglob("*.chk"), *out.rglob("checkpoint.pt")]:
