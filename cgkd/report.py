@@ -234,7 +234,7 @@ def plot_rdf(structure, path):
             ax.plot(o["r"], o["rdf"][p], color=colors[name], lw=1.5 if name == "reference" else 1.2,
                     ls="-" if name == "reference" else "--", label=name)
         ax.set(title=f"{p[0]}–{p[1]}", xlabel="r (nm)", ylabel="g(r)")
-    axes[0].legend(frameon=False)
+    axes[0].legend(frameon=False, loc="best", fontsize=8)
     return _save(fig, Path(path))
 
 
@@ -248,7 +248,7 @@ def plot_adf(structure, path):
             theta, p = o["adf"][t]
             ax.plot(theta, p, color=colors[name], ls="-" if name == "reference" else "--", label=name)
         ax.set(title=f"{t[1][0]}–{t[0]}–{t[1][1]}", xlabel="angle θ (degrees)", ylabel="P(θ) (1/degree)")
-    axes[0].legend(frameon=False)
+    axes[0].legend(frameon=False, loc="best", fontsize=8)
     return _save(fig, Path(path))
 
 

@@ -296,7 +296,7 @@ class Study:
         with output_lock(self.out):
             self.prepare(progress)
             failures = self.run_chains("main", progress)
-            self.overlay(aggregate(self))
+            self.report()
             failures += self.run_chains("stress", progress)
             result = self.report()
             if failures:
@@ -307,11 +307,15 @@ class Study:
 
     def overlay(self, result, base="FM"):
         """<out>/compare/overlay: RDF and ADF plots of FM and of the KD variant of lowest mean RDF error against
-        AA, each the mean over its seeds of their comparisons' replica-mean curves (structure.npz)."""
+        AA (over the seeds compared so far; among the variants whose default runs never failed, if any), each
+        the mean over its seeds of their comparisons' replica-mean curves (structure.npz)."""
         from .report import load_structure, plot_adf, plot_rdf, structure_mean
 
-        means = {n: np.mean([e["rdf_error_mean"] for e in es]) for n, es in result["variants"].items()
-                 if n != base and es and all(e.get("rdf_error_mean") is not None for e in es)}
+        scored = {n: [e for e in es if e.get("rdf_error_mean") is not None]
+                  for n, es in result["variants"].items() if n != base}
+        stable = {n for n, es in scored.items() if es and all(e.get("stable_fraction") == 1.0 for e in es)}
+        means = {n: float(np.mean([e["rdf_error_mean"] for e in es])) for n, es in scored.items()  # seeds so far
+                 if es and (n in stable or not stable)}  # a variant that never failed, when there is one
         if base not in result["variants"] or not means:
             return None
         best = min(means, key=means.get)
@@ -335,10 +339,12 @@ class Study:
         return summary
 
     def report(self):
-        """ablation.json and study.md (table and plots) from whatever has finished; returns the aggregate."""
+        """ablation.json, the overlay and study.md (table and plots) from whatever has finished; returns the
+        aggregate."""
         from . import study_report
 
         result = aggregate(self)
+        self.overlay(result)
         overlay = self.out / "compare" / "overlay"
         study_report.write(result, self.out, [overlay / p for p in ("rdf.png", "adf.png") if (overlay / p).exists()])
         return result
