@@ -122,8 +122,8 @@ def test_a_failed_task_ends_its_chain_not_the_job(tmp_path):
 
 
 def test_a_run_whose_checkpoint_was_not_kept_starts_again(cg, trained, tmp_path):
-    """A committed study folder keeps run configs and trajectories but not checkpoints: in a fresh clone an
-    unfinished run has config.yaml and no traj.h5.chk. It must run again, not count as a run that failed."""
+    """A committed study folder keeps run configs and summaries, not checkpoints or trajectories: in a fresh
+    clone an unfinished run has config.yaml and no traj.h5.chk. It must run again, not count as a failed run."""
     from cgkd.study import Task
 
     out = tmp_path / "replica_0"
