@@ -128,8 +128,10 @@ def compare(reference, models, out, settings=None, progress=True):
             blocks = [_scores(_observe(tr, s, cutoffs, slice(b * n // s.blocks, (b + 1) * n // s.blocks, s.stride)),
                               ref_obs, _diffusion(tr, s, slice(b * n // s.blocks, (b + 1) * n // s.blocks))[2],
                               ref_diff[2]) for b in range(s.blocks)] if n >= 4 * s.blocks else []
-            sem = {key: float(np.std([b[key] for b in blocks], ddof=1) / np.sqrt(len(blocks))) if blocks else None
-                   for key in full}
+            sem = {}
+            for key in full:  # a block can be too short for a diffusion fit that the whole run allows
+                vals = [b[key] for b in blocks if key in b]
+                sem[key] = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else None
             per_replica.append((full, sem))
         keys = list(dict.fromkeys(key for p in per_replica for key in p[0]))  # D only where a fit was possible
         results[name] = {}
