@@ -32,8 +32,8 @@ from cgkd.bench import record
 from cgkd.dataset import CGDataset
 from cgkd.labels import label
 from cgkd.model import load_model
-from cgkd.observables import in_box
 from cgkd.simulate import simulate
+from cgkd.study import slug
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "results" / "ablation" / "models"
@@ -45,8 +45,7 @@ DEFAULT = {"FM": STUDY / "FM" / "seed_1", "KD-8 {f}": STUDY / "KD-8__f" / "seed_
 def closest_over_onset(pos, box, types, onsets, names):
     """Smallest (pair distance / the onset of its type pair) in a frame (minimum image, orthorhombic box)."""
     edge = np.diag(box)
-    x = in_box(pos, edge)
-    d = x[:, None] - x[None]
+    d = pos[:, None] - pos[None]
     d -= edge * np.round(d / edge)
     r = np.linalg.norm(d, axis=-1)
     idx = np.array([names.index(t) for t in types])
@@ -57,7 +56,7 @@ def closest_over_onset(pos, box, types, onsets, names):
 
 def along_run(name, model_dir, teachers, dataset, work, a):
     meta = json.loads((Path(model_dir) / "metadata.json").read_text())
-    out = work / name.replace(" ", "_").replace("{", "").replace("}", "").replace(",", "_")
+    out = work / slug(name)
     s = simulate(config.SimConfig(model=str(model_dir), start=dataset, out=str(out), steps=a.steps, dt_fs=10.0,
                                   report=a.report, checkpoint_every=1000, seed=1000, threads=a.threads,
                                   platform="CPU", overwrite=True), progress=False)

@@ -10,9 +10,10 @@ stress runs follow as a second stage, one chain per model. Each task writes its 
 skipped once finished (a re-run only does what is left; interrupted distillations and simulations resume from
 their checkpoints). A chain is finished once its comparison is, so a study folder kept without trajectories
 and checkpoints (models, run summaries, comparisons: what the reference ablation commits) continues where it
-stopped; the FM-vs-best-KD overlay is drawn from the comparisons' saved curves. Local execution runs `workers` submitit jobs at a time, each working through its share of
-the chains; `executor: slurm` submits one job per chain with the YAML's `slurm` settings. ablation.json and
-study.md (see `aggregate`) are rewritten whenever a chain finishes.
+stopped; the FM-vs-best-KD overlay is drawn from the comparisons' saved curves. Local execution runs
+`workers` submitit jobs at a time, each working through its share of the chains; `executor: slurm` submits
+one job per chain with the YAML's `slurm` settings. ablation.json and study.md (see `aggregate`) are
+rewritten whenever a chain finishes.
 """
 import dataclasses
 import json
