@@ -140,3 +140,14 @@ def test_a_run_too_short_for_diffusion_still_gets_structure_scores(datasets, tmp
     assert "- short only: its first replica is too short for a fit" in md and "| D CHO |" in md
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res["diffusion_nm2_per_ps"]["short only"] is None
+
+
+def test_blocks_too_short_for_diffusion_leave_its_block_error_empty(datasets, tmp_path):
+    """A run long enough for a diffusion fit whose blocks are not (10 frames: lags up to half the run, 5 of
+    them, 3 inside the (0.2, 0.8) window; a 5-frame block has 2 lags) is scored with D, D gets no block error,
+    and the structure scores keep theirs."""
+    ref, model, d = datasets
+    s = report.compare(ref, {"m": [model]}, tmp_path / "r", report.CompareSettings(r_max=0.75, n_bins=40, blocks=2),
+                       progress=False)["scores"]["m"]
+    assert s["D CHO"]["replicas"] == 1 and s["D CHO"]["sem_blocks"] is None
+    assert s["rdf CHO-CL"]["sem_blocks"] is not None and s["rdf CHO-CL"]["sem_blocks"] > 0
