@@ -41,6 +41,20 @@ def steps_per_s(sim, steps, warmup=5):
     return steps / (time.perf_counter() - t)
 
 
+def interleaved_steps_per_s(sims, steps, rounds=3):
+    """Steps/s of several simulations timed in turn, `rounds` times (order reversed every other round), so that
+    a load on the machine that changes during the run affects them alike. sims, steps: {name: Simulation},
+    {name: steps per round}. Returns {name: [steps/s per round]}; ratios should be taken round by round."""
+    names = list(sims)
+    for n in names:  # TorchScript's profiling executor optimises a model over its first calls
+        sims[n].step(20)
+    rates = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            rates[n].append(steps_per_s(sims[n], steps[n], warmup=0))
+    return rates
+
+
 def cg_simulation(ff, top, pos, dt_fs, platform, props, neighbors):
     system = ff.createSystem(top, neighbors=neighbors)
     integ = openmm.LangevinMiddleIntegrator(298.15 * u.kelvin, 1.0 / u.picosecond, dt_fs * u.femtosecond)

@@ -5,8 +5,10 @@ Records benchmarks/results/student_speed.json.
 (1) Largest stable timestep of the student and of one teacher: Langevin runs (`cgkd simulate` with its
     stability monitor) of --ps at each of --timesteps; the ensemble runs at its members' timestep (its mean
     force is smoother than any member's, and its scan would cost 8x a member's).
-(2) Steps/s and ns/day of each model at its timestep (reference box, 200 beads), and of AA (OPLS-DES, PME,
-    HMR 4 fs, 2100 atoms). Ratios of ns/day: student_vs_ensemble, student_vs_teacher, student_cg_vs_aa.
+(2) Steps/s and ns/day of each model at its timestep (reference box, 200 beads), timed in --rounds rounds that
+    run the three models in turn (medians; the ratios are medians of the rounds' ratios, so a load that
+    changes during the run cancels), and of AA (OPLS-DES, PME, HMR 4 fs, 2100 atoms). Ratios of ns/day:
+    student_vs_ensemble, student_vs_teacher, student_cg_vs_aa.
 (3) Where a student's step goes: neighbour search, representation + head (forward), autograd (backward),
     and the OpenMM-PyTorch hand-over (an OpenMM step minus a bare PyTorch energy + force call).
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cg_speed import aa_ns_per_day, cg_simulation, steps_per_s, torch_calls_per_s  # noqa: E402
+from cg_speed import aa_ns_per_day, cg_simulation, interleaved_steps_per_s, torch_calls_per_s  # noqa: E402
 from cg_stability import timestep_scan  # noqa: E402
 
 from cgkd import systems  # noqa: E402
@@ -71,6 +73,7 @@ def main():
     p.add_argument("--ps", type=float, default=10.0, help="simulated time per stability run")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--steps", type=int, default=400, help="timed steps of the student (teachers: fewer)")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds, the three models in turn in each")
     p.add_argument("--aa-steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
@@ -89,15 +92,23 @@ def main():
             res[f"{name}_dt_fs"] = largest
     res["ensemble_dt_fs"] = res["teacher_dt_fs"]
     top, pos = topology_from_dataset(a.dataset, -1)
-    for name, steps in (("student", a.steps), ("teacher", max(20, a.steps // 8)), ("ensemble", max(10, a.steps // 40))):
-        ff = CGForceField(models[name])
+    steps = {"student": a.steps, "teacher": max(20, a.steps // 8), "ensemble": max(10, a.steps // 40)}
+    sims, ffs = {}, {}
+    for name in steps:
         dt = res[f"{name}_dt_fs"]
         if dt is None:
             raise SystemExit(f"{name} is not stable at {min(a.timesteps)} fs: no speed to report")
-        rate = steps_per_s(cg_simulation(ff, top, pos, dt, platform, props, "cell"), steps)
+        ffs[name] = CGForceField(models[name])
+        sims[name] = cg_simulation(ffs[name], top, pos, dt, platform, props, "cell")
+    rounds = interleaved_steps_per_s(sims, steps, a.rounds)
+    for name, rates in rounds.items():
+        dt = res[f"{name}_dt_fs"]
+        rate = float(np.median(rates))
         res[name] = {"beads": top.getNumAtoms(), "dt_fs": dt, "steps_per_s": rate, "ns_per_day": rate * dt * 86400e-6,
-                     "members": len(ff.models), "hparams": ff.models[0].hparams}
-        print(f"{name}: {rate:.1f} steps/s at {dt} fs = {res[name]['ns_per_day']:.1f} ns/day", flush=True)
+                     "steps_per_s_rounds": rates, "members": len(ffs[name].models), "hparams": ffs[name].models[0].hparams}
+        print(f"{name}: {rate:.1f} steps/s at {dt} fs = {res[name]['ns_per_day']:.1f} ns/day "
+              f"(rounds: {', '.join(f'{x:.1f}' for x in rates)})", flush=True)
+    del sims
     aa, atoms = aa_ns_per_day(a.aa_steps, platform, props)
     res["aa"] = {"atoms": atoms, "dt_fs": 4.0, "ns_per_day": aa}
     print(f"AA: {aa:.1f} ns/day ({atoms} atoms, HMR 4 fs)")
@@ -111,12 +122,16 @@ def main():
     res["student_time_breakdown"] = parts
     print("student step: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
 
-    s, t, e = (res[k]["ns_per_day"] for k in ("student", "teacher", "ensemble"))
-    res.update(student_vs_ensemble=s / e, student_vs_teacher=s / t, student_cg_vs_aa=s / aa,
+    def ratio(other):  # ns/day, round by round (the models of a round ran under the same load)
+        return float(np.median([x * res["student"]["dt_fs"] / (y * res[other]["dt_fs"])
+                                for x, y in zip(rounds["student"], rounds[other])]))
+
+    s, t, e = ratio("ensemble"), ratio("teacher"), res["student"]["ns_per_day"] / aa
+    res.update(student_vs_ensemble=s, student_vs_teacher=t, student_cg_vs_aa=e,
                targets={"student_vs_ensemble": 10.0, "student_vs_teacher": 3.0, "student_cg_vs_aa": 10.0})
     record(RESULTS, res)
-    print(f"student vs ensemble {s / e:.1f}x (target 10), vs one teacher {s / t:.1f}x (target 3), "
-          f"CG student vs AA {s / aa:.1f}x (target 10)")
+    print(f"student vs ensemble {s:.1f}x (target 10), vs one teacher {t:.1f}x (target 3), "
+          f"CG student vs AA {e:.1f}x (target 10)")
 
 
 if __name__ == "__main__":
