@@ -93,9 +93,26 @@ def load_torch_plugins():
                 pass
 
 
+def _import_openmmtorch():
+    """openmmtorch, without the root-logger warning of the deprecated `simtk.openmm` it imports (shown with
+    CGKD_VERBOSE=1)."""
+    import logging
+    import os
+
+    if os.environ.get("CGKD_VERBOSE"):
+        import openmmtorch
+        return openmmtorch
+    logging.disable(logging.WARNING)
+    try:
+        import openmmtorch
+    finally:
+        logging.disable(logging.NOTSET)
+    return openmmtorch
+
+
 def torch_force(model, cuda_graphs=False):
     """A periodic openmmtorch.TorchForce for an exported potential: a file path or a scripted module."""
-    import openmmtorch
+    openmmtorch = _import_openmmtorch()
 
     load_torch_plugins()
     if not isinstance(model, torch.jit.ScriptModule):

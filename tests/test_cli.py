@@ -1,4 +1,5 @@
 """The `cgkd` command line: one-line errors, exit code 2, existing files untouched."""
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,13 @@ def test_every_stage_takes_a_config_and_documents_every_flag():
         undocumented = [a.option_strings[0] for a in p._actions
                         if a.option_strings and not (a.help or "").split("(default")[0].strip()]
         assert not undocumented, (name, undocumented)  # inherited flags too (distill shares train's)
+
+
+def test_the_torchforce_import_is_quiet_unless_verbose():
+    """openmmtorch imports the deprecated simtk.openmm, which logs a warning on every `cgkd simulate`."""
+    code = "from cgkd.export import _import_openmmtorch; _import_openmmtorch()"
+    env = {k: v for k, v in os.environ.items() if k != "CGKD_VERBOSE"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "CGKD_VERBOSE": "1"})
+    assert quiet.returncode == 0 and "simtk" not in quiet.stderr
+    assert "simtk" in loud.stderr  # the warning exists: the quiet run hid it
