@@ -76,6 +76,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="timing rounds, the three models in turn in each")
     p.add_argument("--aa-steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(RESULTS), help="JSON to write")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     platform = systems.default_platform(None)
@@ -129,7 +130,7 @@ def main():
     s, t, e = ratio("ensemble"), ratio("teacher"), res["student"]["ns_per_day"] / aa
     res.update(student_vs_ensemble=s, student_vs_teacher=t, student_cg_vs_aa=e,
                targets={"student_vs_ensemble": 10.0, "student_vs_teacher": 3.0, "student_cg_vs_aa": 10.0})
-    record(RESULTS, res)
+    record(Path(a.out), res)
     print(f"student vs ensemble {s:.1f}x (target 10), vs one teacher {t:.1f}x (target 3), "
           f"CG student vs AA {e:.1f}x (target 10)")
 
