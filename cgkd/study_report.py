@@ -3,6 +3,7 @@
 its seeds, next to the AA reference's own half-vs-half differences (the noise floor); every row against FM
 paired by seed with a 95 % confidence interval; plots of the RDF errors, of stability against timestep and
 (when the study has made it) of the RDF/ADF overlays of FM, the best KD variant and AA."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +57,31 @@ def rows(result):
     return table, rdf
 
 
+def paired_base(name, names, base="FM"):
+    """The row `name` is paired with: for a row tagged with a student architecture ("... [tensornet 8x1]"), the
+    FM row of the same tag when the study has one (that FM row itself: the untagged FM); else `base`."""
+    tag = re.search(r" \[[^\]]+\]$", name)
+    tagged = f"{base}{tag.group(0)}" if tag else None
+    return tagged if tagged in names and tagged != name else base
+
+
 def paired(result, base="FM", key="rdf_error_mean"):
-    """{row: (n, mean of row - base over the seeds both have, half-width of the 95 % t-interval or None)}."""
+    """{row: (base row, n, mean of row - base over the seeds both have, half-width of the 95 % t-interval or
+    None)}; the base row of each is paired_base's."""
     from scipy import stats
 
-    ref = {e["seed"]: e.get(key) for e in result["variants"].get(base, [])}
+    names = set(result["variants"])
     out = {}
     for kind in ("variants", "references"):
         for name, entries in result[kind].items():
+            against = paired_base(name, names, base)
+            ref = {e["seed"]: e.get(key) for e in result["variants"].get(against, [])}
             d = [e[key] - ref[e["seed"]] for e in entries
-                 if name != base and e.get(key) is not None and ref.get(e["seed"]) is not None]
+                 if name != against and e.get(key) is not None and ref.get(e["seed"]) is not None]
             if d:
                 half = (float(stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d)))
                         if len(d) > 1 else None)
-                out[name] = (len(d), float(np.mean(d)), half)
+                out[name] = (against, len(d), float(np.mean(d)), half)
     return out
 
 
@@ -82,16 +94,18 @@ def _paired_lines(result):
         if not lines:
             lines += ["## Against FM, paired by seed", "",
                       "Row minus FM over the seeds both have (same seed: same split, initial weights and CG "
-                      "starting velocities); 95 % confidence interval from Student's t. Negative: better than FM.",
-                      "", "| model | quantity | seeds | row − FM | 95 % CI | reading |", "|---|---|---|---|---|---|"]
-        for name, (n, mean, half) in diffs.items():
+                      "starting velocities); a row tagged with a student architecture ([…]) against the FM row of "
+                      "the same tag. 95 % confidence interval from Student's t. Negative: better than FM.",
+                      "", "| model | against | quantity | seeds | row − FM | 95 % CI | reading |",
+                      "|---|---|---|---|---|---|---|"]
+        for name, (against, n, mean, half) in diffs.items():
             if half is None:
                 ci, reading = "–", "one seed: no interval"
             else:
                 ci = f"[{mean - half:.{digits}g}, {mean + half:.{digits}g}]"
                 reading = ("better than FM" if mean + half < 0 else "worse than FM" if mean - half > 0
                            else "no difference resolved")
-            lines.append(f"| {name} | {what} | {n} | {mean:+.{digits}g} | {ci} | {reading} |")
+            lines.append(f"| {name} | {against} | {what} | {n} | {mean:+.{digits}g} | {ci} | {reading} |")
     return lines + [""] if lines else []
 
 

@@ -95,16 +95,23 @@ def test_paired_comparison_against_fm_by_hand():
         return [{"seed": s, "rdf_error_mean": v} for s, v in zip((1, 2, 3), values)]
 
     result = {"variants": {"FM": rows([0.10, 0.12, 0.11]), "wide": rows([0.08, 0.09, 0.10]),
-                           "tight": rows([0.080, 0.099, 0.091])},
+                           "tight": rows([0.080, 0.099, 0.091]), "FM [tn]": rows([0.09, 0.10, 0.10]),
+                           "KD [tn]": rows([0.08, 0.09, 0.09]), "KD [gn]": rows([0.10, 0.12, 0.11])},
               "references": {"teacher": rows([0.20, 0.22, None])}, "noise_floor": {}}
     d = paired(result)
-    n, mean, half = d["wide"]  # differences -0.02, -0.03, -0.01: sd 0.01
-    assert n == 3 and mean == pytest.approx(-0.02) and half == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-5)
-    assert d["tight"][1] == pytest.approx(-0.02) and d["tight"][1] + d["tight"][2] < 0  # -0.020, -0.021, -0.019
-    assert d["teacher"][0] == 2 and "FM" not in d
+    against, n, mean, half = d["wide"]  # differences -0.02, -0.03, -0.01: sd 0.01
+    assert against == "FM" and n == 3 and mean == pytest.approx(-0.02)
+    assert half == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-5)
+    assert d["tight"][2] == pytest.approx(-0.02) and d["tight"][2] + d["tight"][3] < 0  # -0.020, -0.021, -0.019
+    assert d["teacher"][:2] == ("FM", 2) and "FM" not in d
+    # A tagged row against the FM of its tag (-0.01 each seed); that FM and a tag without FM against FM.
+    assert d["KD [tn]"][0] == "FM [tn]" and d["KD [tn]"][2] == pytest.approx(-0.01)
+    assert d["FM [tn]"][0] == "FM" and d["FM [tn]"][2] == pytest.approx(-0.0133333, rel=1e-4)
+    assert d["KD [gn]"][0] == "FM" and d["KD [gn]"][2] == pytest.approx(0.0)
     text = markdown(result)
-    assert "| wide | RDF error | 3 | -0.02 | [-0.0448, 0.00484] | no difference resolved |" in text
-    assert "| tight | RDF error | 3 | -0.02 |" in text and "better than FM" in text
+    assert "| wide | FM | RDF error | 3 | -0.02 | [-0.0448, 0.00484] | no difference resolved |" in text
+    assert "| tight | FM | RDF error | 3 | -0.02 |" in text and "better than FM" in text
+    assert "| KD [tn] | FM [tn] | RDF error | 3 | -0.01 |" in text
 
 
 def test_a_failed_task_ends_its_chain_not_the_job(tmp_path):
