@@ -65,7 +65,7 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     table = (out / "study.md").read_text()
     assert "| FM | 1/1 |" in table and "| teacher | 1/1 |" in table and "stress dt20" in table
     assert "AA noise floor" in table and (out / "study_rdf_error.png").stat().st_size > 1000
-    assert "| KD-1 {f} | RDF error | 1 |" in table and "one seed: no interval" in table
+    assert "| KD-1 {f} | FM | RDF error | 1 |" in table and "one seed: no interval" in table
     assert (out / "study_stability.png").stat().st_size > 1000 and "](study_stability.png)" in table
     d = result["aa_diffusion_nm2_per_ps"]
     assert "| AA: D (nm²/ps) | " + " | ".join(f"{d[t]:.3g}" for t in sorted(d)) + " |" in table
