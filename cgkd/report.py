@@ -236,8 +236,7 @@ def plot_rdf(structure, path):
             ax.plot(o["r"], o["rdf"][p], color=colors[name], lw=1.5 if name == "reference" else 1.2,
                     ls="-" if name == "reference" else "--", label=name)
         ax.set(title=f"{p[0]}–{p[1]}", xlabel="r (nm)", ylabel="g(r)")
-    axes[0].legend(frameon=False, loc="best", fontsize=8)
-    return _save(fig, Path(path))
+    return _save_with_legend(fig, axes[0], Path(path))
 
 
 def plot_adf(structure, path):
@@ -250,8 +249,7 @@ def plot_adf(structure, path):
             theta, p = o["adf"][t]
             ax.plot(theta, p, color=colors[name], ls="-" if name == "reference" else "--", label=name)
         ax.set(title=f"{t[1][0]}–{t[0]}–{t[1][1]}", xlabel="angle θ (degrees)", ylabel="P(θ) (1/degree)")
-    axes[0].legend(frameon=False, loc="best", fontsize=8)
-    return _save(fig, Path(path))
+    return _save_with_legend(fig, axes[0], Path(path))
 
 
 def plot_all(curves, out):
@@ -296,6 +294,16 @@ def plot_all(curves, out):
     fig.set_size_inches(w, h + 0.25 * len(curves) * -(-len(types) // 3))  # room for the legends below
     files.append(_save(fig, out / "msd.png"))
     return files
+
+
+def _save_with_legend(fig, ax, path):
+    """_save with one legend of `ax`'s curves in a row above the panels (long model names cover no curve)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_size_inches()[1]))
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def _save(fig, path):
