@@ -236,7 +236,7 @@ def plot_rdf(structure, path):
             ax.plot(o["r"], o["rdf"][p], color=colors[name], lw=1.5 if name == "reference" else 1.2,
                     ls="-" if name == "reference" else "--", label=name)
         ax.set(title=f"{p[0]}–{p[1]}", xlabel="r (nm)", ylabel="g(r)")
-    return _save_with_legend(fig, axes[0], Path(path))
+    return _save(fig, Path(path), legend_of=axes[0])
 
 
 def plot_adf(structure, path):
@@ -249,7 +249,7 @@ def plot_adf(structure, path):
             theta, p = o["adf"][t]
             ax.plot(theta, p, color=colors[name], ls="-" if name == "reference" else "--", label=name)
         ax.set(title=f"{t[1][0]}–{t[0]}–{t[1][1]}", xlabel="angle θ (degrees)", ylabel="P(θ) (1/degree)")
-    return _save_with_legend(fig, axes[0], Path(path))
+    return _save(fig, Path(path), legend_of=axes[0])
 
 
 def plot_all(curves, out):
@@ -296,18 +296,15 @@ def plot_all(curves, out):
     return files
 
 
-def _save_with_legend(fig, ax, path):
-    """_save with one legend of `ax`'s curves in a row above the panels (long model names cover no curve)."""
-    handles, labels = ax.get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_size_inches()[1]))
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
-
-
-def _save(fig, path):
-    fig.tight_layout()
+def _save(fig, path, legend_of=None):
+    """Save and close; legend_of: an axis whose curves get one legend in a row above the panels (long model
+    names cover no curve)."""
+    if legend_of is None:
+        fig.tight_layout()
+    else:
+        handles, labels = legend_of.get_legend_handles_labels()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_size_inches()[1]))
+        fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
