@@ -4,6 +4,7 @@ its seeds, next to the AA reference's own half-vs-half differences (the noise fl
 paired by seed with a 95 % confidence interval; plots of the RDF errors, of stability against timestep and
 (when the study has made it) of the RDF/ADF overlays of FM, the best KD variant and AA."""
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,7 @@ def plot_rdf_errors(result, path):
     names = [n for n, s in rdf.items() if s is not None]
     if not names:
         return None
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4.6))
     means = [rdf[n][0] for n in names]
     errs = [rdf[n][1] or 0.0 for n in names]
     colors = ["tab:blue" if n in result["variants"] else "tab:gray" for n in names]
@@ -174,7 +175,7 @@ def plot_rdf_errors(result, path):
     if floor:
         ax.axhspan(0, np.mean(floor), color="tab:green", alpha=0.2, label="AA noise floor (half vs half)")
         ax.legend(loc="upper left")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_xticks(range(len(names)), [textwrap.fill(n, 18) for n in names], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("RDF error, mean over pairs")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
