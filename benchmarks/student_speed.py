@@ -6,9 +6,9 @@ Records benchmarks/results/student_speed.json.
     stability monitor) of --ps at each of --timesteps; the ensemble runs at its members' timestep (its mean
     force is smoother than any member's, and its scan would cost 8x a member's).
 (2) Steps/s and ns/day of each model at its timestep (reference box, 200 beads), timed in --rounds rounds that
-    run the three models in turn (medians; the ratios are medians of the rounds' ratios, so a load that
-    changes during the run cancels), and of AA (OPLS-DES, PME, HMR 4 fs, 2100 atoms). Ratios of ns/day:
-    student_vs_ensemble, student_vs_teacher, student_cg_vs_aa.
+    run the three models in turn (medians; student_vs_ensemble and student_vs_teacher are medians of the
+    rounds' ratios, so a load that changes during the run cancels), and of AA (OPLS-DES, PME, HMR 4 fs, 2100
+    atoms; timed after the rounds: student_cg_vs_aa is the student's median over AA). Ratios of ns/day.
 (3) Where a student's step goes: neighbour search, representation + head (forward), autograd (backward),
     and the OpenMM-PyTorch hand-over (an OpenMM step minus a bare PyTorch energy + force call).
 
@@ -114,7 +114,7 @@ def main():
     res["aa"] = {"atoms": atoms, "dt_fs": 4.0, "ns_per_day": aa}
     print(f"AA: {aa:.1f} ns/day ({atoms} atoms, HMR 4 fs)")
 
-    ff = CGForceField(a.student)
+    ff = ffs["student"]
     ds = CGDataset(a.dataset, frames=slice(0, 50))
     bare = torch_calls_per_s(ff, top, list(ds.positions[::5].astype(np.float64)), "cell", a.steps)
     parts = breakdown(ff.models[0], ds)

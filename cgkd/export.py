@@ -95,18 +95,18 @@ def load_torch_plugins():
 
 def _import_openmmtorch():
     """openmmtorch, without the root-logger warning of the deprecated `simtk.openmm` it imports (shown with
-    CGKD_VERBOSE=1)."""
+    CGKD_VERBOSE=1); the process's own logging.disable level is restored."""
     import logging
     import os
 
-    if os.environ.get("CGKD_VERBOSE"):
-        import openmmtorch
-        return openmmtorch
-    logging.disable(logging.WARNING)
+    quiet = not os.environ.get("CGKD_VERBOSE")
+    before = logging.root.manager.disable
+    if quiet:
+        logging.disable(max(before, logging.WARNING))
     try:
         import openmmtorch
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(before)
     return openmmtorch
 
 
