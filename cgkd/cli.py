@@ -143,8 +143,8 @@ def cmd_distill(args):
 
     meta = distill(_config(config.DistillConfig, args))
     t = meta["metrics"]["test"]
-    print(f"student {meta['config']['out']} ({meta['hparams']['arch']} {meta['hparams']['layers']}x"
-          f"{meta['hparams']['channels']}, cutoff {meta['hparams']['cutoff']} nm, {meta['epochs_run']} epochs): test "
+    print(f"student {meta['config']['out']} ({meta['hparams']['arch']}, {meta['hparams']['channels']} channels x "
+          f"{meta['hparams']['layers']} layers, cutoff {meta['hparams']['cutoff']} nm, {meta['epochs_run']} epochs): test "
           f"force RMSE {t['forces_vs_mapped']['all']['rmse']:.2f} vs mapped, "
           f"{t['forces_vs_teachers']['all']['rmse']:.2f} vs teachers (kJ/mol/nm); per-bead energy RMSE vs "
           f"teachers {t['eps_vs_teachers_rmse']['all']:.3f} kJ/mol")
