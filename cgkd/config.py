@@ -109,9 +109,9 @@ class LabelConfig:
 @dataclass
 class DistillConfig(FitConfig):
     out: str = "student"              # student folder (model.pt, metadata.json, metrics.csv, checkpoint.pt)
-    arch: str = "gn"                  # tensornet | et | gn (graph network: the fastest on CPU, see README)
-    channels: int = 32                # hidden channels of the student's representation
-    layers: int = 2                   # interaction layers of the student (tensornet: 0 = its embedding alone)
+    arch: str = "tensornet"           # tensornet | et | gn (graph network) of the student (sizes: README)
+    channels: int = 16                # hidden channels of the student's representation
+    layers: int = 0                   # interaction layers of the student (tensornet: 0 = its embedding alone)
     cutoff: float = 0.8               # nm, the student's neighbour cutoff (independent of the teachers')
     teachers: Optional[str] = None    # teacher ensemble (or one model) folder from `cgkd train`
     members: Optional[str] = None     # comma-separated teacher member indices to distil from (default: all)

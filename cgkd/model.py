@@ -50,6 +50,9 @@ class CGPotential(torch.nn.Module):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise CgkdError(f"model: arch must be one of {ARCHITECTURES}, got {arch!r}")
+        if layers < (0 if arch == "tensornet" else 1):
+            raise CgkdError(f"model: {arch} needs at least 1 interaction layer, got {layers} (only TensorNet's "
+                            "embedding sees the neighbours by itself: tensornet takes 0)")
         if rbf_type not in ("gauss", "expnorm"):
             raise CgkdError(f"model: rbf_type must be gauss or expnorm, got {rbf_type!r}")
         self.type_names = list(type_names)

@@ -43,6 +43,41 @@ def test_forces_are_minus_energy_gradient(frame):
             assert fd == pytest.approx(forces[a, k].item(), rel=1e-5, abs=1e-7)
 
 
+def test_tensornet_embedding_alone_is_a_three_body_model():
+    """0 interaction layers (the shipped student): B and C at 0.6 nm from A and > cutoff from each other.
+    A pair-additive model gives the same energy at every angle B-A-C; TensorNet's embedding does not, and its
+    forces are still -dE/dR. gn and et need a layer to see any neighbour."""
+    torch.manual_seed(0)
+    m = CGPotential(["A", "B", "C"], cutoff=0.7, channels=8, layers=0, rbf=8, max_num_neighbors=8,
+                    dtype=torch.float64, rbf_type="gauss")
+    types = m.type_index(["A", "B", "C"])
+    box = torch.eye(3, dtype=torch.float64) * 5.0
+
+    def beads(angle):
+        t = np.radians(angle)
+        return torch.tensor([[2.5, 2.5, 2.5], [3.1, 2.5, 2.5], [2.5 + 0.6 * np.cos(t), 2.5 + 0.6 * np.sin(t), 2.5]],
+                            dtype=torch.float64)
+
+    for angle in (120.0, 150.0):
+        assert torch.linalg.norm(beads(angle)[1] - beads(angle)[2]) > 1.0  # B-C beyond the cutoff
+    with torch.no_grad():
+        e120, e150 = (m(types, beads(a), box)[1].item() for a in (120.0, 150.0))
+    assert abs(e120 - e150) > 1e-9  # float64 rounding is ~1e-15; a 1-layer gn gives exactly equal energies
+    p = beads(135.0)
+    _, _, forces = m.energy_forces(types, p.clone(), box)
+    h = 1e-5
+    for a, k in ((1, 0), (2, 1), (0, 2)):
+        plus, minus = p.clone(), p.clone()
+        plus[a, k] += h
+        minus[a, k] -= h
+        with torch.no_grad():
+            fd = -(m(types, plus, box)[1] - m(types, minus, box)[1]).item() / (2 * h)
+        assert fd == pytest.approx(forces[a, k].item(), rel=1e-5, abs=1e-7)
+    for arch in ("gn", "et"):
+        with pytest.raises(CgkdError, match="at least 1 interaction layer"):
+            CGPotential(["A", "B", "C"], layers=0, arch=arch)
+
+
 def test_repulsive_prior_matches_its_openmm_force(frame):
     pos, box, names = frame
     r0 = np.array([[0.45, 0.35, 0.38], [0.35, 0.44, 0.32], [0.38, 0.32, 0.34]])
