@@ -32,15 +32,18 @@ def test_forces_are_minus_energy_gradient(frame):
     assert eps.shape == (60,) and energy.shape == (1,)
     with torch.no_grad():
         assert energy.item() == pytest.approx(eps.sum().item() + prior(types, *m.pairs(p, torch.zeros_like(types), b)[:2]).item())
-    h = 1e-5
-    for a in (0, 7, 31):
-        for k in range(3):
-            plus, minus = p.clone(), p.clone()
-            plus[a, k] += h
-            minus[a, k] -= h
-            with torch.no_grad():
-                fd = -(m(types, plus, b)[1] - m(types, minus, b)[1]).item() / (2 * h)
-            assert fd == pytest.approx(forces[a, k].item(), rel=1e-5, abs=1e-7)
+    assert_forces_are_finite_differences(m, types, p, b, forces, [(a, k) for a in (0, 7, 31) for k in range(3)])
+
+
+def assert_forces_are_finite_differences(m, types, p, box, forces, probes, h=1e-5):
+    """forces[a, k] = -dE/dp[a, k] by central differences, for each (bead a, axis k) in probes."""
+    for a, k in probes:
+        plus, minus = p.clone(), p.clone()
+        plus[a, k] += h
+        minus[a, k] -= h
+        with torch.no_grad():
+            fd = -(m(types, plus, box)[1] - m(types, minus, box)[1]).item() / (2 * h)
+        assert fd == pytest.approx(forces[a, k].item(), rel=1e-5, abs=1e-7)
 
 
 def test_tensornet_embedding_alone_is_a_three_body_model():
@@ -65,14 +68,7 @@ def test_tensornet_embedding_alone_is_a_three_body_model():
     assert abs(e120 - e150) > 1e-9  # float64 rounding is ~1e-15; a 1-layer gn gives exactly equal energies
     p = beads(135.0)
     _, _, forces = m.energy_forces(types, p.clone(), box)
-    h = 1e-5
-    for a, k in ((1, 0), (2, 1), (0, 2)):
-        plus, minus = p.clone(), p.clone()
-        plus[a, k] += h
-        minus[a, k] -= h
-        with torch.no_grad():
-            fd = -(m(types, plus, box)[1] - m(types, minus, box)[1]).item() / (2 * h)
-        assert fd == pytest.approx(forces[a, k].item(), rel=1e-5, abs=1e-7)
+    assert_forces_are_finite_differences(m, types, p, box, forces, [(1, 0), (2, 1), (0, 2)])
     for arch in ("gn", "et"):
         with pytest.raises(CgkdError, match="at least 1 interaction layer"):
             CGPotential(["A", "B", "C"], layers=0, arch=arch)
