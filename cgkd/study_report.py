@@ -206,16 +206,16 @@ def plot_stability(result, path):
                 curves[name] = sorted((dt, float(np.mean(v))) for dt, v in by_dt.items())
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for k, (name, pts) in enumerate(curves.items()):
+    fig, ax = plt.subplots(figsize=(9.6, 4.2))
+    for k, (name, pts) in enumerate(curves.items()):  # tab20: a distinct colour for each of up to 20 rows
         x, y = zip(*pts)
-        ax.plot(x, np.array(y) + 0.006 * (k - len(curves) / 2), marker="o", label=name,
+        ax.plot(x, np.array(y) + 0.006 * (k - len(curves) / 2), marker="o", label=name, color=plt.cm.tab20(k % 20),
                 ls="-" if name in result["variants"] else "--")
     ax.set_xlabel("timestep (fs)")
     ax.set_ylabel("fraction of the planned run survived")
     ax.set_ylim(-0.05, 1.1)
     ax.set_title("Stability against timestep (mean over seeds and runs;\nlines offset slightly)", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: it hid points
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
