@@ -4,7 +4,8 @@ card's numbers are the files' numbers.
     python benchmarks/model_card.py --student forcefields/cg/ethaline/student \
         --teachers forcefields/cg/ethaline/teachers \
         --compare benchmarks/results/shipped_student/compare_results.json \
-        --sim benchmarks/results/shipped_student/sim_summary.json --speed benchmarks/results/student_speed.json
+        --sim benchmarks/results/shipped_student/sim_summary.json --speed benchmarks/results/student_speed.json \
+        --study benchmarks/results/ablation.json
 
 --compare: `cgkd compare` results of the student's CG runs against the AA reference (first model in it);
 --sim: the `cgkd simulate` summary.json of those runs; --speed: student_speed.json;
@@ -15,6 +16,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from cgkd.fileio import file_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +33,33 @@ def rel(path):
 
 def _frames(block):
     return f"{block[0]}–{block[1] - 1}"
+
+
+def study_lines(student, study):
+    """The student's entry in the ablation (found by its model.pt's hash) and its rank among the models of its
+    seed; the stress runs once they exist."""
+    digest = file_hash(Path(student) / "model.pt")
+    rows = {**study["variants"], **study["references"]}
+    hit = [(name, e) for name, entries in study["variants"].items() for e in entries
+           if (ROOT / e["model"] / "model.pt").exists() and file_hash(ROOT / e["model"] / "model.pt") == digest]
+    if not hit:
+        return ["- Ablation (`cgkd study`, STUDY.md): this student is not one of its models."]
+    name, e = hit[0]
+    same_seed = sorted((x["rdf_error_mean"], n) for n, entries in rows.items() for x in entries
+                       if x["seed"] == e["seed"] and x.get("rdf_error_mean") is not None)
+    reps = e["replicas"]
+    out = [f"- Ablation (`cgkd study`, STUDY.md): this student is row \"{name}\", seed {e['seed']}: {len(reps)} "
+           f"replica(s) of {reps[0]['planned_ps']:g} ps at {reps[0]['dt_fs']:g} fs, fraction stable "
+           f"{e['stable_fraction']:.2f}; RDF error {e['rdf_error_mean']:.3f} (mean of pairs), ADF/CDF JS "
+           f"{e['adf_js_mean']:.4f}/{e['cdf_js_mean']:.4f} — RDF error rank "
+           f"{[n for _, n in same_seed].index(name) + 1} of the {len(same_seed)} models of seed {e['seed']} compared "
+           "so far (longer runs lower this error: the 100 ps runs above are not comparable with it; "
+           "benchmarks/run_length.py)."]
+    for cond, r in sorted(e.get("stress", {}).items()):
+        if r:
+            out.append(f"- Stress run {cond}: " + (f"stable over {r['time_ps']:g} ps" if r["stable"] else
+                       f"failed after {r['time_to_failure_ps']:g} ps ({r['failed_check']})") + ".")
+    return out
 
 
 def card(student, teachers, compare, sim, speed, study):
@@ -105,7 +135,7 @@ def card(student, teachers, compare, sim, speed, study):
                       for t, v in compare["diffusion_nm2_per_ps"]["reference"].items())
                   + " (CG dynamics are faster than AA: rescale time, or use the model for structure)."]
     if study:
-        lines.append("- Ablation (`cgkd study`, STUDY.md): see its table for seeds and stress runs.")
+        lines += study_lines(student, study)
     if speed:
         scan = [f"{r['dt_fs']:g}" for r in speed["student_timestep_scan"]]
         lines += ["", f"## Speed ({speed['platform']} platform, {speed['threads']} threads, 200 beads; "
