@@ -1,15 +1,12 @@
 """MODEL_CARD.md of the shipped ethaline models, written from their metadata and the measured results, so the
 card's numbers are the files' numbers.
 
-    python benchmarks/model_card.py --student forcefields/cg/ethaline/student \
-        --teachers forcefields/cg/ethaline/teachers \
-        --compare benchmarks/results/shipped_student/compare_results.json \
-        --sim benchmarks/results/shipped_student/sim_summary.json --speed benchmarks/results/student_speed.json \
-        --study benchmarks/results/ablation.json
+    python benchmarks/model_card.py      # the shipped models, their committed results (defaults below)
 
 --compare: `cgkd compare` results of the student's CG runs against the AA reference (first model in it);
 --sim: the `cgkd simulate` summary.json of those runs; --speed: student_speed.json;
---study: ablation.json of `cgkd study` (optional: the student's row, seeds and stress runs).
+--study: ablation.json of `cgkd study` (the student's row, seeds and stress runs). benchmarks/study_table.py
+rewrites the card whenever it rewrites ablation.json; a test checks that the committed card is up to date.
 """
 import argparse
 import json
@@ -167,16 +164,16 @@ def card(student, teachers, compare, sim, speed, study):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--student", default=str(ROOT / "forcefields/cg/ethaline/student"))
     ap.add_argument("--teachers", default=str(ROOT / "forcefields/cg/ethaline/teachers"))
-    ap.add_argument("--compare")
-    ap.add_argument("--sim")
+    ap.add_argument("--compare", default=str(ROOT / "benchmarks/results/shipped_student/compare_results.json"))
+    ap.add_argument("--sim", default=str(ROOT / "benchmarks/results/shipped_student/sim_summary.json"))
     ap.add_argument("--speed", default=str(ROOT / "benchmarks/results/student_speed.json"))
-    ap.add_argument("--study")
+    ap.add_argument("--study", default=str(ROOT / "benchmarks/results/ablation.json"))
     ap.add_argument("--out", default=str(ROOT / "forcefields/cg/ethaline/MODEL_CARD.md"))
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     text = card(a.student, a.teachers, load(a.compare), a.sim, load(a.speed), load(a.study))
     Path(a.out).write_text(text)
     print(f"wrote {a.out}")

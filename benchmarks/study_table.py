@@ -2,7 +2,8 @@
 
 Reads <study>/ablation.json (written by `cgkd study`), or with --from the committed copy; writes
 benchmarks/results/ablation.json, benchmarks/results/study/ (study.md, its plots, the RDF/ADF overlays of FM
-and the best KD variant when the study has made them) and the generated block of STUDY.md.
+and the best KD variant when the study has made them), the generated block of STUDY.md and the shipped
+models' MODEL_CARD.md (benchmarks/model_card.py), which cites the shipped student's row.
 
     python benchmarks/study_table.py                      # from the `out` of benchmarks/ablation.yaml
     python benchmarks/study_table.py --from benchmarks/results/ablation.json
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+import model_card
 from cgkd.fileio import write_json
 from cgkd.study_report import write
 
@@ -78,6 +80,7 @@ def main():
     head, rest = text.split(BEGIN, 1)
     study.write_text(head + BEGIN + "\n" + body + "\n" + END + rest.split(END, 1)[1])
     print(f"wrote {RESULTS / 'ablation.json'}, {out}/ and the table in {study}")
+    model_card.main([])  # the card cites the student's row of ablation.json
 
 
 if __name__ == "__main__":
