@@ -4,9 +4,10 @@ For every variant (a set of `cgkd distill` settings) and seed it distils a stude
 (default replicas and stress runs: larger timesteps, a higher temperature) and compares the default replicas
 with the AA reference; reference rows (a teacher member, the whole ensemble) skip the distillation. The AA
 reference's first half against its second half gives the noise floor. The work of one model (distil, its
-default runs, their comparison) is a chain of tasks done in order; chains are independent and run seed by
-seed (every row's first seed before any second seed), so a study cut short has complete rows early; the
-stress runs follow as a second stage, one chain per model. Each task writes its output under <out>/ and is
+default runs, their comparison) is a chain of tasks done in order, and its stress runs a second chain; chains
+are independent and run in stages, seed by seed: the main chains of the first seed, then its stress chains
+beside the main chains of the second seed, and so on, so a study cut short has every row's first seed
+complete (accuracy and stability) early, and a stress chain never starts before its model exists. Each task writes its output under <out>/ and is
 skipped once finished (a re-run only does what is left; interrupted distillations and simulations resume from
 their checkpoints). A chain is finished once its comparison is, so a study folder kept without trajectories
 and checkpoints (models, run summaries, comparisons: what the reference ablation commits) continues where it
@@ -180,17 +181,21 @@ class Study:
             v["members"] = str((seed - 1) % len(self.members))
         return {**self.cfg.student, **v, "dataset": self.cfg.dataset, "teachers": self.cfg.teachers, "seed": seed}
 
-    def chains(self, stage="main"):
-        """[[Task]] of one stage. main: the noise floor, then per seed, per row: distil (variants), the default
-        runs, their comparison with the reference. stress: per seed, per row: the stress runs (after every
-        model exists, so that the accuracy table is complete first)."""
+    def chains(self, stage="main", seeds=None):
+        """[[Task]] of one stage for `seeds` (default all). main: the noise floor (with the first seed), then per
+        seed, per row: distil (variants), the default runs, their comparison with the reference. stress: per
+        seed, per row whose model exists: the stress runs."""
         c = self.cfg
-        out = [] if stage == "stress" else [[Task("floor", str(self.out / "compare" / "noise_floor"), {
-            "reference": str(self.out / "extra" / "aa_first_half.h5"),
-            "models": {"AA second half": [str(self.out / "extra" / "aa_second_half.h5")]}, "compare": c.compare})]]
-        for seed in c.seeds:
+        seeds = c.seeds if seeds is None else seeds
+        out = [] if stage == "stress" or c.seeds[0] not in seeds else [[Task(
+            "floor", str(self.out / "compare" / "noise_floor"), {
+                "reference": str(self.out / "extra" / "aa_first_half.h5"),
+                "models": {"AA second half": [str(self.out / "extra" / "aa_second_half.h5")]},
+                "compare": c.compare})]]
+        for seed in seeds:
             for (name, s), model in self.models.items():
-                if s != seed:
+                if s != seed or (stage == "stress" and name in c.variants
+                                 and not (Path(model) / "metadata.json").exists()):
                     continue
                 base = {**c.simulate, **c.references.get(name, {}).get("simulate", {}), "model": model,
                         "start": c.dataset, "threads": 1}
@@ -248,10 +253,20 @@ class Study:
             ex.update_parameters(timeout_min=int(self.cfg.slurm.get("timeout_min", 7 * 24 * 60)))
         return ex
 
-    def run_chains(self, stage, progress=True, poll=5.0):
+    def stages(self):
+        """(label, chains) in order: the first seed's main chains; then each seed's stress chains beside the
+        next seed's main chains (its models exist by then); last, the last seed's stress chains."""
+        seeds = self.cfg.seeds
+        for k in range(len(seeds) + 1):
+            main = self.chains("main", seeds[k:k + 1]) if k < len(seeds) else []
+            stress = self.chains("stress", seeds[k - 1:k]) if k else []
+            label = " + ".join([*([f"seed {seeds[k]} main"] if k < len(seeds) else []),
+                                *([f"seed {seeds[k - 1]} stress"] if k else [])])
+            yield label, main + stress
+
+    def run_chains(self, stage, chains, progress=True, poll=5.0):
         """Submit the unfinished chains of a stage and wait for them, printing progress (chains and tasks done,
         running jobs) and rewriting the report whenever a chain finishes; returns the failed tasks."""
-        chains = self.chains(stage)
         todo = [ch for ch in chains if not chain_done(ch)]
         n_tasks = sum(len(ch) for ch in chains)
 
@@ -296,10 +311,10 @@ class Study:
     def run(self, progress=True):
         with output_lock(self.out):
             self.prepare(progress)
-            failures = self.run_chains("main", progress)
-            self.report()
-            failures += self.run_chains("stress", progress)
-            result = self.report()
+            failures = []
+            for label, chains in self.stages():
+                failures += self.run_chains(label, chains, progress)
+                result = self.report()
             if failures:
                 raise CgkdError(f"cgkd study: {len(failures)} task(s) failed; their chains stopped there, the others "
                                 "ran (a re-run retries them):\n" + "\n".join(

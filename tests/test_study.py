@@ -1,5 +1,6 @@
 """`cgkd study` end to end at toy scale through submitit's local executor, and a re-run that skips finished jobs."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,8 +50,9 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     f.write_text(yaml.safe_dump(spec))
     assert main(["study", "--config", str(f)]) == 0
     printed = capsys.readouterr().out
-    assert "main: 0/4 chains done, 4 to run (11 tasks)" in printed and "main: 4/4 chains, 11/11 tasks done; 0 job(s) running" in printed
-    assert "stress: 0/3 chains done, 3 to run (3 tasks)" in printed
+    assert "seed 1 main: 0/4 chains done, 4 to run (11 tasks)" in printed
+    assert "seed 1 main: 4/4 chains, 11/11 tasks done; 0 job(s) running" in printed
+    assert "seed 1 stress: 0/3 chains done, 3 to run (3 tasks)" in printed
     result = json.loads((out / "ablation.json").read_text())
     assert set(result["variants"]) == {"FM", "KD-1 {f}"} and set(result["references"]) == {"teacher"}
     for name, seeds in result["variants"].items():
@@ -79,7 +81,7 @@ def test_tiny_study_runs_end_to_end_and_a_rerun_skips_finished_jobs(cg, tmp_path
     assert main(["study", "--config", str(f)]) == 0
     printed = capsys.readouterr().out
     # main: the noise floor; FM, KD-1 (distil, 2 runs, compare), teacher (1 run, compare); stress: one run each
-    assert "main: 4/4 chains done, 0 to run (11 tasks)" in printed and "stress: 3/3 chains done" in printed
+    assert "seed 1 main: 4/4 chains done, 0 to run (11 tasks)" in printed and "seed 1 stress: 3/3 chains done" in printed
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")} and not any(out.glob("runs/**/traj.h5"))
     assert (out / "compare" / "overlay" / "rdf.png").stat().st_size > 1000  # from the comparisons' curves
     (out / "study.md").unlink()
@@ -112,6 +114,31 @@ def test_paired_comparison_against_fm_by_hand():
     assert "| wide | FM | RDF error | 3 | -0.02 | [-0.0448, 0.00484] | no difference resolved |" in text
     assert "| tight | FM | RDF error | 3 | -0.02 |" in text and "better than FM" in text
     assert "| KD [tn] | FM [tn] | RDF error | 3 | -0.01 |" in text
+
+
+def test_stages_run_a_seeds_stress_beside_the_next_seeds_main_once_its_models_exist(trained, cg, tmp_path):
+    """Seed by seed: a stage never holds a stress run of a model that is not distilled yet (it would be recorded
+    as a failed start), and every seed's stress runs come before the last seed's main chains end."""
+    from cgkd.study import Study, StudyConfig, slug
+
+    cfg = StudyConfig(dataset=cg, teachers=str(trained[0]), out=str(tmp_path / "study"), seeds=[1, 2],
+                      variants={"FM": {"w_mapped": 1.0, "w_forces": 0.0}},
+                      references={"teacher": {"model": "teacher"}}, stress={"timesteps": [20.0]})
+    study = Study(cfg)
+
+    def firsts(chains):  # each chain's first task, where it writes
+        return sorted(str(Path(ch[0].out).relative_to(tmp_path / "study")) for ch in chains)
+
+    stages = list(study.stages())
+    assert [label for label, _ in stages] == ["seed 1 main", "seed 2 main + seed 1 stress", "seed 2 stress"]
+    assert firsts(stages[0][1]) == ["compare/noise_floor", "models/FM/seed_1", "runs/teacher/seed_1/replica_0"]
+    # FM seed 1 is not distilled: only the teacher (a reference, always there) has seed-1 stress runs.
+    assert firsts(stages[1][1]) == ["models/FM/seed_2", "runs/teacher/seed_1/dt20", "runs/teacher/seed_2/replica_0"]
+    fm = tmp_path / "study" / "models" / slug("FM") / "seed_1"
+    fm.mkdir(parents=True)
+    (fm / "metadata.json").write_text("{}")
+    assert [x for x in firsts(dict(study.stages())["seed 2 main + seed 1 stress"]) if x.endswith("dt20")] == [
+        "runs/FM/seed_1/dt20", "runs/teacher/seed_1/dt20"]
 
 
 def test_a_failed_task_ends_its_chain_not_the_job(tmp_path):
