@@ -322,20 +322,23 @@ class Study:
             return result
 
     def overlay(self, result, base="FM"):
-        """<out>/compare/overlay: RDF and ADF plots of FM and of the KD variant of lowest mean RDF error against
-        AA (over the seeds compared so far; among the variants whose default runs never failed, if any), each
-        the mean over its seeds of their comparisons' replica-mean curves (structure.npz)."""
+        """<out>/compare/overlay: RDF and ADF plots of the KD variant of lowest mean RDF error against AA (over
+        the seeds compared so far; among the variants whose default runs never failed, if any) and of the FM row
+        it is paired with (same student architecture), each the mean over its seeds of their comparisons'
+        replica-mean curves (structure.npz)."""
         from .report import load_structure, plot_adf, plot_rdf, structure_mean
+        from .study_report import paired_base
 
         scored = {n: [e for e in es if e.get("rdf_error_mean") is not None]
-                  for n, es in result["variants"].items() if n != base}
+                  for n, es in result["variants"].items() if n != base and not n.startswith(base + " [")}
         stable = {n for n, es in scored.items() if es and all(e.get("stable_fraction") == 1.0 for e in es)}
         means = {n: float(np.mean([e["rdf_error_mean"] for e in es])) for n, es in scored.items()  # seeds so far
                  if es and (n in stable or not stable)}  # a variant that never failed, when there is one
         if base not in result["variants"] or not means:
             return None
         best = min(means, key=means.get)
-        rows = {base: base, f"{best} (best KD)": best}
+        fm = paired_base(best, result["variants"], base)
+        rows = {fm: fm, f"{best} (best KD)": best}
         files = {label: sorted((self.out / "compare" / slug(row)).glob("seed_*/structure.npz"))
                  for label, row in rows.items()}
         if not all(files.values()):
