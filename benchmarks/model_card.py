@@ -36,22 +36,26 @@ def study_lines(student, study):
     """The student's entry in the ablation (found by its model.pt's hash) and its rank among the models of its
     seed; the stress runs once they exist."""
     digest = file_hash(Path(student) / "model.pt")
-    rows = {**study["variants"], **study["references"]}
     hit = [(name, e) for name, entries in study["variants"].items() for e in entries
            if (ROOT / e["model"] / "model.pt").exists() and file_hash(ROOT / e["model"] / "model.pt") == digest]
     if not hit:
         return ["- Ablation (`cgkd study`, STUDY.md): this student is not one of its models."]
     name, e = hit[0]
-    same_seed = sorted((x["rdf_error_mean"], n) for n, entries in rows.items() for x in entries
-                       if x["seed"] == e["seed"] and x.get("rdf_error_mean") is not None)
+    def scored(kind):
+        return sorted((x["rdf_error_mean"], n, x) for n, entries in study[kind].items() for x in entries
+                      if x["seed"] == e["seed"] and x.get("rdf_error_mean") is not None)
+
+    students = [n for _, n, _ in scored("variants")]
+    refs = ", ".join(f"{n} {v:.3f} ({len(x['replicas'])} × {x['replicas'][0]['planned_ps']:g} ps)"
+                     for v, n, x in scored("references"))
     reps = e["replicas"]
     out = [f"- Ablation (`cgkd study`, STUDY.md): this student is row \"{name}\", seed {e['seed']}: {len(reps)} "
            f"replica(s) of {reps[0]['planned_ps']:g} ps at {reps[0]['dt_fs']:g} fs, fraction stable "
            f"{e['stable_fraction']:.2f}; RDF error {e['rdf_error_mean']:.3f} (mean of pairs), ADF/CDF JS "
-           f"{e['adf_js_mean']:.4f}/{e['cdf_js_mean']:.4f} — RDF error rank "
-           f"{[n for _, n in same_seed].index(name) + 1} of the {len(same_seed)} models of seed {e['seed']} compared "
-           "so far (longer runs lower this error: the 100 ps runs above are not comparable with it; "
-           "benchmarks/run_length.py)."]
+           f"{e['adf_js_mean']:.4f}/{e['cdf_js_mean']:.4f}: rank {students.index(name) + 1} of the "
+           f"{len(students)} students of seed {e['seed']} compared so far by RDF error (references: {refs}; "
+           "shorter runs carry more sampling noise in this error, so the 100 ps runs above and the references' "
+           "are not comparable with it as they stand: STUDY.md, \"Run length and drift\")."]
     for cond, r in sorted(e.get("stress", {}).items()):
         if r:
             out.append(f"- Stress run {cond}: " + (f"stable over {r['time_ps']:g} ps" if r["stable"] else
