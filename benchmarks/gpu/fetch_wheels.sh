@@ -14,6 +14,7 @@ get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-versio
 get openmm==8.6.1 openmm-cuda-13==8.6.1        # AA and CG runs on CUDA
 get openmmtorch==1.5 openmm-torch-cuda-13==1.5  # the TorchForce backend (may not load against torch 2.11)
 get mdtraj pyyaml tqdm submitit cloudpickle     # cgkd's small dependencies
+get pytest pluggy iniconfig packaging           # tests/test_cuda.py on the GPU machine
 python3 -m pip wheel -q --no-deps -w .whl torchmd-net==3.1.0   # pure Python
 ls -la .whl
 du -ch .whl/*.whl | tail -1
