@@ -33,14 +33,15 @@ def _frames(block):
 
 
 def study_lines(student, study):
-    """The student's entry in the ablation (found by its model.pt's hash) and its rank among the models of its
-    seed; the stress runs once they exist."""
+    """The student's entry in the ablation (found by its model.pt's hash), its rank among the students of its
+    seed, the references' scores; the stress runs once they exist."""
     digest = file_hash(Path(student) / "model.pt")
     hit = [(name, e) for name, entries in study["variants"].items() for e in entries
            if (ROOT / e["model"] / "model.pt").exists() and file_hash(ROOT / e["model"] / "model.pt") == digest]
     if not hit:
         return ["- Ablation (`cgkd study`, STUDY.md): this student is not one of its models."]
     name, e = hit[0]
+
     def scored(kind):
         return sorted((x["rdf_error_mean"], n, x) for n, entries in study[kind].items() for x in entries
                       if x["seed"] == e["seed"] and x.get("rdf_error_mean") is not None)

@@ -3,18 +3,18 @@
 For every variant (a set of `cgkd distill` settings) and seed it distils a student, runs CG simulations of it
 (default replicas and stress runs: larger timesteps, a higher temperature) and compares the default replicas
 with the AA reference; reference rows (a teacher member, the whole ensemble) skip the distillation. The AA
-reference's first half against its second half gives the noise floor. The work of one model (distil, its
-default runs, their comparison) is a chain of tasks done in order, and its stress runs a second chain; chains
-are independent and run in stages, seed by seed: the main chains of the first seed, then its stress chains
-beside the main chains of the second seed, and so on, so a study cut short has every row's first seed
-complete (accuracy and stability) early, and a stress chain never starts before its model exists. Each task writes its output under <out>/ and is
-skipped once finished (a re-run only does what is left; interrupted distillations and simulations resume from
-their checkpoints). A chain is finished once its comparison is, so a study folder kept without trajectories
-and checkpoints (models, run summaries, comparisons: what the reference ablation commits) continues where it
-stopped; the FM-vs-best-KD overlay is drawn from the comparisons' saved curves. Local execution runs
-`workers` submitit jobs at a time, each working through its share of the chains; `executor: slurm` submits
-one job per chain with the YAML's `slurm` settings. ablation.json and study.md (see `aggregate`) are
-rewritten whenever a chain finishes.
+reference's first half against its second half gives the noise floor. The work of one model (distil, its default
+runs, their comparison) is a chain of tasks done in order, and its stress runs a second chain; chains are
+independent and run in stages, seed by seed: the main chains of the first seed, then its stress chains beside
+the main chains of the second seed, and so on, so a study cut short has every row's first seed complete
+(accuracy and stability) early, and a stress chain never starts before its model exists. Each task writes its
+output under <out>/ and is skipped once finished (a re-run only does what is left; interrupted distillations and
+simulations resume from their checkpoints). A chain is finished once its comparison is, so a study folder kept
+without trajectories and checkpoints (models, run summaries, comparisons: what the reference ablation commits)
+continues where it stopped; the FM-vs-best-KD overlay is drawn from the comparisons' saved curves. Local
+execution runs `workers` submitit jobs at a time, each working through its share of the chains; `executor:
+slurm` submits one job per chain with the YAML's `slurm` settings. ablation.json and study.md (see `aggregate`)
+are rewritten whenever a chain finishes.
 """
 import dataclasses
 import json
