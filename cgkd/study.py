@@ -254,15 +254,15 @@ class Study:
         return ex
 
     def stages(self):
-        """(label, chains) in order: the first seed's main chains; then each seed's stress chains beside the
-        next seed's main chains (its models exist by then); last, the last seed's stress chains."""
+        """(label, chains) in order: the first seed's main chains; then each seed's stress chains (first) beside
+        the next seed's main chains (its models exist by then); last, the last seed's stress chains."""
         seeds = self.cfg.seeds
         for k in range(len(seeds) + 1):
             main = self.chains("main", seeds[k:k + 1]) if k < len(seeds) else []
             stress = self.chains("stress", seeds[k - 1:k]) if k else []
-            label = " + ".join([*([f"seed {seeds[k]} main"] if k < len(seeds) else []),
-                                *([f"seed {seeds[k - 1]} stress"] if k else [])])
-            yield label, main + stress
+            label = " + ".join([*([f"seed {seeds[k - 1]} stress"] if k else []),
+                                *([f"seed {seeds[k]} main"] if k < len(seeds) else [])])
+            yield label, stress + main  # the short stress chains first: the finished seed's stability soon
 
     def run_chains(self, stage, chains, progress=True, poll=5.0):
         """Submit the unfinished chains of a stage and wait for them, printing progress (chains and tasks done,

@@ -130,14 +130,14 @@ def test_stages_run_a_seeds_stress_beside_the_next_seeds_main_once_its_models_ex
         return sorted(str(Path(ch[0].out).relative_to(tmp_path / "study")) for ch in chains)
 
     stages = list(study.stages())
-    assert [label for label, _ in stages] == ["seed 1 main", "seed 2 main + seed 1 stress", "seed 2 stress"]
+    assert [label for label, _ in stages] == ["seed 1 main", "seed 1 stress + seed 2 main", "seed 2 stress"]
     assert firsts(stages[0][1]) == ["compare/noise_floor", "models/FM/seed_1", "runs/teacher/seed_1/replica_0"]
     # FM seed 1 is not distilled: only the teacher (a reference, always there) has seed-1 stress runs.
     assert firsts(stages[1][1]) == ["models/FM/seed_2", "runs/teacher/seed_1/dt20", "runs/teacher/seed_2/replica_0"]
     fm = tmp_path / "study" / "models" / slug("FM") / "seed_1"
     fm.mkdir(parents=True)
     (fm / "metadata.json").write_text("{}")
-    assert [x for x in firsts(dict(study.stages())["seed 2 main + seed 1 stress"]) if x.endswith("dt20")] == [
+    assert [x for x in firsts(dict(study.stages())["seed 1 stress + seed 2 main"]) if x.endswith("dt20")] == [
         "runs/FM/seed_1/dt20", "runs/teacher/seed_1/dt20"]
 
 
