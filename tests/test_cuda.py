@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import openmm
-import openmm.unit as u
 import pytest
 
 from cgkd.systems import ROOT
+
+from .test_train import _omm_energy_forces
 
 STUDENT = ROOT / "forcefields" / "cg" / "ethaline" / "student"
 DATASET = ROOT / "systems" / "ethaline" / "reference" / "ethaline_cg.h5"
@@ -27,15 +28,6 @@ def _cuda():
 pytestmark = pytest.mark.skipif(not _cuda(), reason="needs OpenMM's CUDA platform and a CUDA GPU")
 
 
-def _energy_forces(system, pos, platform, props=None):
-    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform),
-                         props or {})
-    ctx.setPositions(pos)
-    s = ctx.getState(getEnergy=True, getForces=True)
-    return (s.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
-            s.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
-
-
 @pytest.mark.parametrize("backend", ["torchforce", "pythonforce"])
 @pytest.mark.parametrize("precision", ["single", "mixed"])
 def test_cuda_gives_the_cpu_platforms_energy_and_forces(backend, precision):
@@ -43,8 +35,8 @@ def test_cuda_gives_the_cpu_platforms_energy_and_forces(backend, precision):
 
     ff = CGForceField(STUDENT)
     top, pos = topology_from_dataset(DATASET, -1)
-    e_cpu, f_cpu = _energy_forces(ff.createSystem(top, backend=backend), pos, "CPU")
-    e_gpu, f_gpu = _energy_forces(ff.createSystem(top, backend=backend, precision=precision), pos, "CUDA",
+    e_cpu, f_cpu = _omm_energy_forces(ff.createSystem(top, backend=backend), pos, "CPU")
+    e_gpu, f_gpu = _omm_energy_forces(ff.createSystem(top, backend=backend, precision=precision), pos, "CUDA",
                                   {"Precision": precision})
     assert e_gpu == pytest.approx(e_cpu, rel=1e-4, abs=1e-2)
     assert np.abs(f_gpu - f_cpu).max() <= 1e-3 * np.abs(f_cpu).max() + 1e-2

@@ -167,8 +167,9 @@ def test_two_bead_choline_gets_bonded_priors_and_exports(small_run, tmp_path):
     assert np.abs(f_omm - f.detach().numpy()).max() <= 1e-4 * np.abs(f.detach().numpy()).max() + 1e-4
 
 
-def _omm_energy_forces(system, pos, platform="CPU"):
-    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
+def _omm_energy_forces(system, pos, platform="CPU", properties=None):
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform),
+                         properties or {})
     ctx.setPositions(pos)
     s = ctx.getState(getEnergy=True, getForces=True)
     return (s.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
