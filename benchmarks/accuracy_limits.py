@@ -7,7 +7,7 @@ TensorNet, Gaussian RBF, cutoff 1.0 nm, seed 1) and changes one thing:
            is exact, so every snapshot is the same run seen at that epoch (best validation weights so far)
   frames:  250 or 500 training frames (--max-frames 312 / 625: the same contiguous train | val | test blocks
            of 80/10/10 %, so validation and test blocks shrink too)
-  size:    2 layers x 64 channels
+  size:    2 layers x 64 channels, after 4 epochs (beside `epochs 4`) and at its early stop (one run)
 Each model is simulated --steps at 10 fs from the dataset's last frame (one replica, seed 1) and compared with
 the whole AA reference (`cgkd compare`); the AA first half against its second half is the noise floor.
 Resumable: conditions recorded in the results (at the same --steps) are skipped, so a fresh clone goes on
@@ -38,11 +38,18 @@ RESULTS = ROOT / "benchmarks" / "results" / "accuracy_limits.json"
 TEACHERS = ROOT / "forcefields" / "cg" / "ethaline" / "teachers" / "train.yaml"
 CONDITIONS = {"epochs 1": {"epochs": 1}, "epochs 2": {"epochs": 2}, "epochs 4": {"epochs": 4},
               "epochs 8": {"epochs": 8}, "early stop": {}, "250 frames": {"max_frames": 312},
-              "500 frames": {"max_frames": 625}, "2x64": {"layers": 2, "channels": 64}}
+              "500 frames": {"max_frames": 625}, "2x64 epochs 4": {"layers": 2, "channels": 64, "epochs": 4},
+              "2x64": {"layers": 2, "channels": 64}}
+
+
+def run_folder(change):
+    """Conditions that differ only in epochs share one training run, seen at each epoch count."""
+    rest = {k: v for k, v in change.items() if k != "epochs"}
+    return "_".join(f"{k}{v}" for k, v in sorted(rest.items())) or "epochs"
 
 
 def trained(name, change, work, threads):
-    """The model of one condition (member folder); the epoch snapshots share one run in work/epochs."""
+    """The model of one condition (member folder); epoch snapshots share a run (`run_folder`)."""
     base = config.load(config.TrainConfig, TEACHERS, ensemble=1, workers=1)
     snap = work / "models" / name.replace(" ", "_")
     if (snap / "model.pt").exists():
@@ -50,10 +57,9 @@ def trained(name, change, work, threads):
     import torch
 
     torch.set_num_threads(threads)
-    shared = name.startswith("epochs") or name == "early stop"
-    run = work / ("epochs" if shared else name.replace(" ", "_"))
+    run = work / run_folder(change)
     ckpt = run / "member_0" / "checkpoint.pt"
-    if shared and ckpt.exists() and load_checkpoint(ckpt)["state"]["epoch"] > change.get("epochs", base.epochs):
+    if ckpt.exists() and load_checkpoint(ckpt)["state"]["epoch"] > change.get("epochs", base.epochs):
         raise SystemExit(f"{name}: the shared run is already past this epoch; run the epoch conditions in order")
     train(config.TrainConfig(**{**vars(base), **change, "out": str(run), "resume": True}), progress=True)
     shutil.copytree(run / "member_0", snap)
