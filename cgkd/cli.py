@@ -272,6 +272,9 @@ def parser():
         sp.set_defaults(func=func)
     parsers["study"].add_argument("--report", action="store_true", help="only gather what has finished into "
                                   "ablation.json and study.md (table, RDF-error plot); run nothing")
+    parsers["study"].add_argument("--rows", nargs="+", metavar="ROW", help="run only these rows (variant or "
+                                  "reference names, e.g. 'FM' 'KD-8 {f,eps}'), seed by seed, to get the comparisons "
+                                  "that matter first; the report still covers every row (YAML key: rows)")
     c = parsers["compare"]
     c.add_argument("--model", action="append", help="NAME=PATH[,PATH...]: a model's CG trajectories (replicas); "
                    "repeat for more models")

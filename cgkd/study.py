@@ -44,6 +44,7 @@ class StudyConfig:
     stress: dict = field(default_factory=dict)       # {timesteps: [fs], temperature: K, steps: n}
     compare: dict = field(default_factory=dict)      # CompareSettings keys (stride, blocks, n_bins)
     slurm: dict = field(default_factory=dict)        # submitit slurm parameters (partition, timeout_min, gpus_per_node)
+    rows: list = field(default_factory=list)         # run only these rows (variants/references; all when empty): the report covers every row
 
 
 def slug(name):
@@ -160,6 +161,10 @@ class Study:
             raise CgkdError(f"cgkd study: executor must be local or slurm, got {cfg.executor!r}")
         if not cfg.variants and not cfg.references:
             raise CgkdError("cgkd study: no variants and no references to run")
+        unknown = [r for r in cfg.rows if r not in cfg.variants and r not in cfg.references]
+        if unknown:
+            raise CgkdError(f"cgkd study: rows: no variant or reference named {', '.join(map(repr, unknown))}; "
+                            f"the study has {', '.join(map(repr, [*cfg.variants, *cfg.references]))}")
         self.cfg = cfg
         self.out = Path(cfg.out)
         from .model import ensemble_members
@@ -194,8 +199,8 @@ class Study:
                 "compare": c.compare})]]
         for seed in seeds:
             for (name, s), model in self.models.items():
-                if s != seed or (stage == "stress" and name in c.variants
-                                 and not (Path(model) / "metadata.json").exists()):
+                if s != seed or (c.rows and name not in c.rows) or (
+                        stage == "stress" and name in c.variants and not (Path(model) / "metadata.json").exists()):
                     continue
                 base = {**c.simulate, **c.references.get(name, {}).get("simulate", {}), "model": model,
                         "start": c.dataset, "threads": 1}

@@ -1,4 +1,5 @@
 """`cgkd study` end to end at toy scale through submitit's local executor, and a re-run that skips finished jobs."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -119,6 +120,7 @@ def test_paired_comparison_against_fm_by_hand():
 def test_stages_run_a_seeds_stress_beside_the_next_seeds_main_once_its_models_exist(trained, cg, tmp_path):
     """Seed by seed: a stage never holds a stress run of a model that is not distilled yet (it would be recorded
     as a failed start), and every seed's stress runs come before the last seed's main chains end."""
+    from cgkd.errors import CgkdError
     from cgkd.study import Study, StudyConfig, slug
 
     cfg = StudyConfig(dataset=cg, teachers=str(trained[0]), out=str(tmp_path / "study"), seeds=[1, 2],
@@ -139,6 +141,13 @@ def test_stages_run_a_seeds_stress_beside_the_next_seeds_main_once_its_models_ex
     (fm / "metadata.json").write_text("{}")
     assert [x for x in firsts(dict(study.stages())["seed 1 stress + seed 2 main"]) if x.endswith("dt20")] == [
         "runs/FM/seed_1/dt20", "runs/teacher/seed_1/dt20"]
+    # rows: only the chosen rows run (the report still covers every row); a name the study lacks is refused.
+    only = Study(dataclasses.replace(cfg, rows=["FM"]))
+    assert [firsts(chains) for _, chains in only.stages()] == [
+        ["compare/noise_floor", "models/FM/seed_1"], ["models/FM/seed_2", "runs/FM/seed_1/dt20"], []]
+    assert {name for name, _ in only.models} == {"FM", "teacher"}  # what the report (aggregate) goes through
+    with pytest.raises(CgkdError, match="rows: no variant or reference named 'KD'; the study has 'FM', 'teacher'"):
+        Study(dataclasses.replace(cfg, rows=["KD"]))
 
 
 def test_a_failed_task_ends_its_chain_not_the_job(tmp_path):
