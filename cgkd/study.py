@@ -446,7 +446,8 @@ def aggregate(study):
     if f.exists():
         scores = json.loads(f.read_text())["scores"].get("AA second half", {})
         floor = {k: v["mean"] for k, v in scores.items()}
-    result = {"config": dataclasses.asdict(study.cfg),
+    settings = {k: v for k, v in dataclasses.asdict(study.cfg).items() if k != "rows"}  # rows: what one run ran
+    result = {"config": settings,
               "variants": {k: v for k, v in rows.items() if k in study.cfg.variants},
               "references": {k: v for k, v in rows.items() if k in study.cfg.references},
               "noise_floor": floor, "aa_diffusion_nm2_per_ps": aa_diffusion}
