@@ -44,7 +44,7 @@ class StudyConfig:
     stress: dict = field(default_factory=dict)       # {timesteps: [fs], temperature: K, steps: n}
     compare: dict = field(default_factory=dict)      # CompareSettings keys (stride, blocks, n_bins)
     slurm: dict = field(default_factory=dict)        # submitit slurm parameters (partition, timeout_min, gpus_per_node)
-    rows: list = field(default_factory=list)         # run only these rows (variants/references; all when empty): the report covers every row
+    rows: list = field(default_factory=list)         # run only these rows (all when empty); the report has all
 
 
 def slug(name):
