@@ -36,7 +36,8 @@ class StudyConfig:
     out: str = "runs/study"           # study folder: models/, runs/, compare/, ablation.json
     executor: str = "local"           # local (submitit's local processes) | slurm
     workers: int = 2                  # local: jobs at once (one thread each)
-    seeds: list = field(default_factory=lambda: [1, 2, 3])  # every variant is trained once per seed
+    seeds: list = field(default_factory=lambda: [1, 2, 3])  # every row is trained/run once per seed (a row's
+    #   own `seeds` key overrides it: more seeds where a comparison needs them)
     student: dict = field(default_factory=dict)      # DistillConfig keys shared by every variant
     variants: dict = field(default_factory=dict)     # name: DistillConfig keys; members: per-seed picks member seed-1
     references: dict = field(default_factory=dict)   # name: {model: teacher | ensemble, replicas, simulate, stress}
@@ -165,23 +166,34 @@ class Study:
         if unknown:
             raise CgkdError(f"cgkd study: rows: no variant or reference named {', '.join(map(repr, unknown))}; "
                             f"the study has {', '.join(map(repr, [*cfg.variants, *cfg.references]))}")
+        for name, row in {**cfg.variants, **cfg.references}.items():
+            s = row.get("seeds", cfg.seeds)
+            if not (isinstance(s, list) and s and all(isinstance(x, int) and x >= 1 for x in s)):
+                raise CgkdError(f"cgkd study: {name!r}: seeds must be a list of integers >= 1, got {s!r}")
         self.cfg = cfg
         self.out = Path(cfg.out)
         from .model import ensemble_members
 
         self.members = ensemble_members(cfg.teachers)
         self.models = {}  # (row name, seed) -> model folder
-        for name in cfg.variants:
-            for seed in cfg.seeds:
+        for name, v in cfg.variants.items():
+            for seed in v.get("seeds", cfg.seeds):
                 self.models[(name, seed)] = str(self.out / "models" / slug(name) / f"seed_{seed}")
         for name, ref in cfg.references.items():
             kind = ref.get("model", "teacher")
-            for seed in (cfg.seeds if kind == "teacher" else cfg.seeds[:1]):
+            seeds = ref.get("seeds", cfg.seeds)
+            for seed in (seeds if kind == "teacher" else seeds[:1]):
                 self.models[(name, seed)] = str(self.members[(seed - 1) % len(self.members)] if kind == "teacher"
                                                  else cfg.teachers)
 
+    @property
+    def seeds(self):
+        """Every seed some row runs: the study's seeds, then the extra seeds of rows that have more, in order."""
+        return list(dict.fromkeys([*self.cfg.seeds, *sorted({s for name, s in self.models})]))
+
     def _distill_settings(self, name, seed):
         v = dict(self.cfg.variants[name])
+        v.pop("seeds", None)
         if v.get("members") == "per-seed":  # one teacher: a different member for each seed
             v["members"] = str((seed - 1) % len(self.members))
         return {**self.cfg.student, **v, "dataset": self.cfg.dataset, "teachers": self.cfg.teachers, "seed": seed}
@@ -191,7 +203,7 @@ class Study:
         seed, per row: distil (variants), the default runs, their comparison with the reference. stress: per
         seed, per row whose model exists: the stress runs."""
         c = self.cfg
-        seeds = c.seeds if seeds is None else seeds
+        seeds = self.seeds if seeds is None else seeds
         out = [] if stage == "stress" or c.seeds[0] not in seeds else [[Task(
             "floor", str(self.out / "compare" / "noise_floor"), {
                 "reference": str(self.out / "extra" / "aa_first_half.h5"),
@@ -261,7 +273,7 @@ class Study:
     def stages(self):
         """(label, chains) in order: the first seed's main chains; then each seed's stress chains (first) beside
         the next seed's main chains (its models exist by then); last, the last seed's stress chains."""
-        seeds = self.cfg.seeds
+        seeds = self.seeds
         for k in range(len(seeds) + 1):
             main = self.chains("main", seeds[k:k + 1]) if k < len(seeds) else []
             stress = self.chains("stress", seeds[k - 1:k]) if k else []

@@ -148,6 +148,13 @@ def test_stages_run_a_seeds_stress_beside_the_next_seeds_main_once_its_models_ex
     assert {name for name, _ in only.models} == {"FM", "teacher"}  # what the report (aggregate) goes through
     with pytest.raises(CgkdError, match="rows: no variant or reference named 'KD'; the study has 'FM', 'teacher'"):
         Study(dataclasses.replace(cfg, rows=["KD"]))
+    # A row's own seeds: FM runs a third seed, in a stage of its own after the study's seeds; the teacher does not.
+    more = Study(dataclasses.replace(cfg, variants={"FM": {"w_mapped": 1.0, "w_forces": 0.0, "seeds": [1, 2, 3]}}))
+    assert more.seeds == [1, 2, 3] and "seeds" not in more._distill_settings("FM", 3)
+    assert [(label, firsts(chains)) for label, chains in more.stages()][2:] == [
+        ("seed 2 stress + seed 3 main", ["models/FM/seed_3", "runs/teacher/seed_2/dt20"]), ("seed 3 stress", [])]
+    with pytest.raises(CgkdError, match="'FM': seeds must be a list of integers >= 1, got 3"):
+        Study(dataclasses.replace(cfg, variants={"FM": {"seeds": 3}}))
 
 
 def test_a_failed_task_ends_its_chain_not_the_job(tmp_path):
