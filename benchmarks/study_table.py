@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 import model_card
@@ -50,7 +51,8 @@ def pair_table(result, pair=PAIR):
     fm, kd = pair
     lines = [f"## {fm} against {kd}, seed by seed", "",
              f"RDF error of each seed's 3 × 0.5 ns runs; its 100 ps windows (mean over replicas, "
-             f"`benchmarks/run_length.py`): a seed drifts when its last window is ≥ {DRIFT:g} × its first; "
+             f"`benchmarks/run_length.py`), first → last and the least-squares slope per window; a seed drifts "
+             f"when its last window is ≥ {DRIFT:g} × its first; "
              "screen: one independent 100 ps run of the model (`benchmarks/drift_screen.py`), its RDF error and the "
              "teachers' force disagreement on its frames relative to that on the AA test frames.", "",
              "| seed | FM | KD | KD − FM | FM windows | KD windows | FM screen: RDF error, teachers' std | "
@@ -62,7 +64,8 @@ def pair_table(result, pair=PAIR):
         if not w:
             return "–"
         drifts[name].append(w[-1] >= DRIFT * w[0])
-        return f"{w[0]:.3f} → {w[-1]:.3f} (drifts)" if drifts[name][-1] else f"{min(w):.3f}–{max(w):.3f}"
+        slope = round(float(np.polyfit(np.arange(len(w)), w, 1)[0]), 3) + 0.0  # no "-0.000"
+        return f"{w[0]:.3f} → {w[-1]:.3f}, {slope:+.3f}/window" + (" (drifts)" if drifts[name][-1] else "")
 
     def screened(name, seed):
         m = screen.get((name, seed), {})
