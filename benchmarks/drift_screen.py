@@ -33,15 +33,11 @@ from cgkd.labels import label  # noqa: E402
 from cgkd.report import Traj  # noqa: E402
 from cgkd.simulate import simulate  # noqa: E402
 from cgkd.study import slug  # noqa: E402
+from run_length import rdf_error_mean  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS = ["FM [tensornet 16x0]", "KD-8 {f,eps} + perturbed frames [tensornet 16x0]"]
-
-
-def rdf_error(tr, g_ref, r_max, n_bins):
-    r, g, _ = obs.rdf(tr.positions, tr.boxes, tr.types, r_max=r_max, n_bins=n_bins)
-    return float(np.mean([obs.rdf_error(g[p], g_ref[p], r) for p in g_ref]))
 
 
 def teacher_std(teachers, ds, out):
@@ -90,7 +86,8 @@ def main():
                    "outcome_rdf_error_0.5ns": entry["rdf_error_mean"]}
             if rep["stable"]:
                 traj = ROOT / rep["out"]
-                row["screen_rdf_error"] = rdf_error(Traj(traj), g_ref, r_max, n_bins)
+                tr = Traj(traj)
+                row["screen_rdf_error"] = rdf_error_mean(tr.positions, tr.boxes, tr.types, g_ref, r_max, n_bins)
                 row["screen_teacher_std_over_aa"] = teacher_std(teachers, CGDataset(traj, forces=False),
                                                                 out / "teacher_labels.h5") / aa_std
             models.append(row)

@@ -166,8 +166,8 @@ class Study:
         if unknown:
             raise CgkdError(f"cgkd study: rows: no variant or reference named {', '.join(map(repr, unknown))}; "
                             f"the study has {', '.join(map(repr, [*cfg.variants, *cfg.references]))}")
-        for name, row in {**cfg.variants, **cfg.references}.items():
-            s = row.get("seeds", cfg.seeds)
+        row_seeds = {name: row.get("seeds", cfg.seeds) for name, row in {**cfg.variants, **cfg.references}.items()}
+        for name, s in row_seeds.items():
             if not (isinstance(s, list) and s and all(isinstance(x, int) and x >= 1 for x in s)):
                 raise CgkdError(f"cgkd study: {name!r}: seeds must be a list of integers >= 1, got {s!r}")
         self.cfg = cfg
@@ -176,13 +176,12 @@ class Study:
 
         self.members = ensemble_members(cfg.teachers)
         self.models = {}  # (row name, seed) -> model folder
-        for name, v in cfg.variants.items():
-            for seed in v.get("seeds", cfg.seeds):
+        for name in cfg.variants:
+            for seed in row_seeds[name]:
                 self.models[(name, seed)] = str(self.out / "models" / slug(name) / f"seed_{seed}")
         for name, ref in cfg.references.items():
             kind = ref.get("model", "teacher")
-            seeds = ref.get("seeds", cfg.seeds)
-            for seed in (seeds if kind == "teacher" else seeds[:1]):
+            for seed in (row_seeds[name] if kind == "teacher" else row_seeds[name][:1]):
                 self.models[(name, seed)] = str(self.members[(seed - 1) % len(self.members)] if kind == "teacher"
                                                  else cfg.teachers)
 
