@@ -12,13 +12,15 @@ output under <out>/ and is skipped once finished (a re-run only does what is lef
 simulations resume from their checkpoints). A chain is finished once its comparison is, so a study folder kept
 without trajectories and checkpoints (models, run summaries, comparisons: what the reference ablation commits)
 continues where it stopped; the FM-vs-best-KD overlay is drawn from the comparisons' saved curves. Local
-execution runs `workers` submitit jobs at a time, each working through its share of the chains; `executor:
+execution runs `workers` submitit jobs at a time, each taking the next chain that no job holds; `executor:
 slurm` submits one job per chain with the YAML's `slurm` settings. ablation.json and study.md (see `aggregate`)
 are rewritten whenever a chain finishes.
 """
+import contextlib
 import dataclasses
 import json
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -125,11 +127,11 @@ def _finished(summary, steps):
 
 
 def run_chains(chains, threads=1):
-    """What one submitit job does: its chains in turn, each chain's tasks in order, skipping finished ones.
-    A task that raises ends its chain (the rest depends on it), not the job: its traceback goes to
-    <task out>/failed.txt and the job goes on with its next chain. Returns [(task out, error)]."""
-    import traceback
-
+    """What one submitit job does: the chains in turn, each chain's tasks in order, skipping finished ones and
+    chains another job holds (a job claims a chain with an output_lock while it works on it, so the local
+    executor's jobs share one list and each takes the next free chain; a second `cgkd study` on the same
+    chains skips them). A task that raises ends its chain (the rest depends on it), not the job: its traceback
+    goes to <task out>/failed.txt and the job goes on with its next chain. Returns [(task out, error)]."""
     import torch
 
     torch.set_num_threads(threads)
@@ -137,17 +139,35 @@ def run_chains(chains, threads=1):
     for chain in chains:
         if chain_done(chain):
             continue
-        for t in chain:
-            if t.done():
-                continue
+        with contextlib.ExitStack() as claim:
             try:
-                t.run()
-                (Path(t.out) / "failed.txt").unlink(missing_ok=True)
-            except Exception as e:
-                Path(t.out).mkdir(parents=True, exist_ok=True)
-                (Path(t.out) / "failed.txt").write_text(traceback.format_exc())
-                failures.append((t.out, f"{type(e).__name__}: {e}"))
-                break
+                claim.enter_context(output_lock(chain_claim(chain)))
+            except OutputLocked:
+                continue
+            if not chain_done(chain):  # another job may have finished it meanwhile
+                failures += _run_chain(chain)
+    return failures
+
+
+def chain_claim(chain):
+    """The path whose output_lock a job holds while it works on `chain` (beside the chain's last output)."""
+    last = Path(chain[-1].out)
+    return last.with_name(f"{last.name}.chain")
+
+
+def _run_chain(chain):
+    failures = []
+    for t in chain:
+        if t.done():
+            continue
+        try:
+            t.run()
+            (Path(t.out) / "failed.txt").unlink(missing_ok=True)
+        except Exception as e:
+            Path(t.out).mkdir(parents=True, exist_ok=True)
+            (Path(t.out) / "failed.txt").write_text(traceback.format_exc())
+            failures.append((t.out, f"{type(e).__name__}: {e}"))
+            break
     return failures
 
 
@@ -298,7 +318,7 @@ class Study:
         if self.cfg.executor == "slurm":
             groups = [[ch] for ch in todo]
         else:
-            groups = [todo[k::self.cfg.workers] for k in range(min(self.cfg.workers, len(todo)))]
+            groups = [todo] * min(self.cfg.workers, len(todo))  # each job takes the next chain no job holds
         ex = self.executor()
         with ex.batch():
             jobs = [ex.submit(run_chains, g) for g in groups]
@@ -319,7 +339,7 @@ class Study:
         failures = []
         for j in jobs:
             try:
-                failures += j.result()
+                failures += [f for f in j.result() if f not in failures]  # two jobs may try a failing chain
             except Exception as e:  # submitit re-raises the job's error with its traceback as text
                 raise CgkdError(f"cgkd study: a job failed; its log is in {self.out / 'jobs'}:\n{e}") from None
         return failures

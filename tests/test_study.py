@@ -171,6 +171,20 @@ def test_a_failed_task_ends_its_chain_not_the_job(tmp_path):
     assert not after_bad.done() and not (tmp_path / "after_bad").exists() and other.done()
 
 
+def test_a_chain_another_job_holds_is_skipped_and_run_once_free(tmp_path):
+    """The local executor's jobs share one list of chains: a job skips a chain whose claim another holds
+    (here this process, through a second lock file handle) and runs it once the claim is free."""
+    from cgkd.fileio import output_lock
+    from cgkd.study import Task, chain_claim, run_chains
+
+    held = [Task("compare", str(tmp_path / "held"), {"reference": "x.h5", "models": {}})]
+    free = [Task("compare", str(tmp_path / "free"), {"reference": "x.h5", "models": {}})]
+    with output_lock(chain_claim(held)):
+        assert run_chains([held, free]) == []
+        assert not held[0].done() and free[0].done()
+    assert run_chains([held, free]) == [] and held[0].done()
+
+
 def test_a_run_whose_checkpoint_was_not_kept_starts_again(cg, trained, tmp_path):
     """A committed study folder keeps run configs and summaries, not checkpoints or trajectories: in a fresh
     clone an unfinished run has config.yaml and no traj.h5.chk. It must run again, not count as a failed run."""
