@@ -129,7 +129,7 @@ def _finished(summary, steps):
 def run_chains(chains, threads=1):
     """What one submitit job does: the chains in turn, each chain's tasks in order, skipping finished ones and
     chains another job holds (a job claims a chain with an output_lock while it works on it, so the local
-    executor's jobs share one list and each takes the next free chain; a second `cgkd study` on the same
+    executor's jobs share one list and each takes the next free chain; any other process on the same
     chains skips them). A task that raises ends its chain (the rest depends on it), not the job: its traceback
     goes to <task out>/failed.txt and the job goes on with its next chain. Returns [(task out, error)]."""
     import torch
