@@ -369,6 +369,8 @@ def simulate(cfg, progress=True):
         check_writable(out / "summary.json", cfg.overwrite)
         for r in runs:
             check_writable(r.traj, cfg.overwrite)
+        for f in (out, *(r.out for r in runs)):  # a replaced run's summaries would describe the new one if cut short
+            (f / "summary.json").unlink(missing_ok=True)
         (out / "config.yaml").write_text(config.to_yaml(cfg))
     results = [r.run(progress) for r in runs]
     summary = {"model": str(cfg.model), "start": str(cfg.start), "beads": top.getNumAtoms(),

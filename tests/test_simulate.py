@@ -9,7 +9,7 @@ import torch
 
 from cgkd import CgkdError, cli, config
 from cgkd.h5md import H5MDTrajectory, H5MDWriter
-from cgkd.simulate import Monitor, simulate
+from cgkd.simulate import Monitor, Replica, simulate
 from cgkd.model import load_checkpoint, save_checkpoint
 
 from .conftest import FAST
@@ -155,7 +155,7 @@ def test_new_box_and_replicated_box(cg, trained, tmp_path):
         np.testing.assert_allclose(np.diag(t.boxes(0)), 2 * edge, rtol=1e-6)
 
 
-def test_bad_inputs_fail_before_any_step(cg, trained, tmp_path):
+def test_bad_inputs_fail_before_any_step(cg, trained, tmp_path, monkeypatch):
     model, _ = trained
     with pytest.raises(CgkdError, match="not a cgkd model or ensemble"):
         _sim(tmp_path / "nothing", cg, tmp_path / "a", steps=20)
@@ -180,6 +180,15 @@ def test_bad_inputs_fail_before_any_step(cg, trained, tmp_path):
     (tmp_path / "d" / "replica_0" / "traj.h5.chk").unlink()
     with pytest.raises(CgkdError, match="nothing to resume"):
         _sim(model, cg, tmp_path / "d", steps=40, resume=True)
+    # A run that replaces a finished one and is cut short leaves no summary of the old run behind (a study
+    # would take the old summary for the new run's and compare its partial trajectory).
+    def cut_short(self, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Replica, "run", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        _sim(model, cg, tmp_path / "d", steps=20, overwrite=True)
+    assert not list((tmp_path / "d").rglob("summary.json"))
     with pytest.raises(CgkdError, match="--dt-fs must be positive"):
         _sim(model, cg, tmp_path / "f", steps=20, dt_fs=0.0)
     assert not any((tmp_path / d).exists() for d in ("a", "b", "c", "e", "f"))
