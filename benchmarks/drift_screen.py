@@ -34,10 +34,10 @@ from cgkd.report import Traj  # noqa: E402
 from cgkd.simulate import simulate  # noqa: E402
 from cgkd.study import slug  # noqa: E402
 from run_length import rdf_error_mean  # noqa: E402
+from study_table import PAIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ROWS = ["FM [tensornet 16x0]", "KD-8 {f,eps} + perturbed frames [tensornet 16x0]"]
 
 
 def teacher_std(teachers, ds, out):
@@ -49,7 +49,7 @@ def teacher_std(teachers, ds, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "benchmarks" / "ablation.yaml"), help="the study's YAML")
-    ap.add_argument("--rows", nargs="*", default=ROWS)
+    ap.add_argument("--rows", nargs="*", default=list(PAIR))
     ap.add_argument("--steps", type=int, default=10000, help="of the screening run, at the study's timestep")
     ap.add_argument("--work", default=str(ROOT / "runs" / "drift_screen"))
     a = ap.parse_args()
