@@ -9,7 +9,7 @@ the study), this cuts the run into windows of --window ps and scores each window
 reference, with `cgkd compare`'s bins and r_max: equal windows compare rows at equal length, and a rising
 sequence of windows is a drift away from AA. The AA reference's own windows of that length, scored against
 the rest of the reference, are the floor at that length. Records benchmarks/results/run_length_seed<S>.json
-and .png.
+and .png; a re-run keeps the rows of the earlier record whose trajectories are gone from this machine.
 
     python benchmarks/run_length.py --seed 1 --window 100 --extra "teacher, 0.5 ns=runs/teacher_long"
 """
@@ -52,6 +52,18 @@ def stable_trajectories(folder):
         return []
     reps = json.loads(summary.read_text())["replicas"]
     return [p for p in (ROOT / r["out"] for r in reps if r["stable"]) if p.exists()]
+
+
+def previous_rows(path, window, n_bins, measured):
+    """The rows of an earlier record at the same window and bins that this run did not measure (their
+    trajectories, e.g. runs outside the study, are gone from this machine), so a re-run adds rows, never drops
+    them."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("window_ps") != window or old.get("n_bins") != n_bins:
+        return {}
+    return {name: row for name, row in old["rows"].items() if name not in measured}
 
 
 def main():
@@ -99,12 +111,16 @@ def main():
         print(f"{name}: {len(per_replica)} stable replicas; {a.window:g} ps windows "
               f"{', '.join(f'{e:.3f}' for e in rows[name]['window_mean'])}; whole runs "
               f"{rows[name]['whole_run_mean']:.3f}", flush=True)
+    out = RESULTS / f"run_length_seed{a.seed}"
+    kept = previous_rows(out.with_suffix(".json"), a.window, a.n_bins, set(rows))
+    if kept:
+        print(f"kept from the previous record (trajectories not here): {', '.join(kept)}", flush=True)
     if not rows:
         raise SystemExit(f"no stable replica of seed {a.seed} has its trajectory under {study / 'runs'}: run this where "
                          "the study ran (trajectories are not committed); nothing written")
     res = {"study": str(cfg["out"]), "seed": a.seed, "window_ps": a.window, "r_max_nm": r_max, "n_bins": a.n_bins,
-           "aa_window_floor": {"windows": floor, "mean": float(np.mean(floor))}, "rows": rows}
-    out = RESULTS / f"run_length_seed{a.seed}"
+           "aa_window_floor": {"windows": floor, "mean": float(np.mean(floor))}, "rows": {**rows, **kept}}
+    rows = res["rows"]
     record(out.with_suffix(".json"), res)
     print(f"AA {a.window:g} ps windows against the rest of the reference: {np.mean(floor):.3f} "
           f"({min(floor):.3f}-{max(floor):.3f})")
