@@ -115,10 +115,14 @@ def new_box(topology, positions, units, density, masses, floors, seed):
     return top, np.concatenate(out)
 
 
+CLOSEST_RANGE = 2.0  # log.csv's closest pair / floor is exact below this ratio, inf above it
+
+
 class Monitor:
     """Stability checks on one state; returns (check name, detail) for the first that fails, else None.
 
-    temperature None skips the kinetic-temperature check (NVE runs have no target)."""
+    temperature None skips the kinetic-temperature check (NVE runs have no target). `closest`: the last state's
+    smallest pair distance over its type pair's floor (inf when no pair is within CLOSEST_RANGE floors)."""
 
     def __init__(self, names, type_names, onsets, floor_factor, max_neighbors, cutoff, temperature, ndof,
                  tolerance):
@@ -145,14 +149,16 @@ class Monitor:
         edge = np.diag(box)
         wrapped = in_box(pos, edge)
         tree = cKDTree(wrapped, boxsize=edge)
-        pairs = tree.query_pairs(self.floor.max(), output_type="ndarray")
+        # Every pair closer than CLOSEST_RANGE times its own floor lies within that times the largest floor.
+        pairs = tree.query_pairs(CLOSEST_RANGE * self.floor.max(), output_type="ndarray")
         self.closest = float("inf")
         if len(pairs):
             d = wrapped[pairs[:, 0]] - wrapped[pairs[:, 1]]
             r = np.linalg.norm(d - np.round(d / edge) * edge, axis=1)
             ratio = r / self.floor[self.types[pairs[:, 0]], self.types[pairs[:, 1]]]
             k = int(np.argmin(ratio))
-            self.closest = float(ratio[k])
+            if ratio[k] < CLOSEST_RANGE:
+                self.closest = float(ratio[k])
             if ratio[k] < 1.0:
                 i, j = pairs[k]
                 a, b = self.type_names[self.types[i]], self.type_names[self.types[j]]

@@ -58,7 +58,13 @@ def test_monitor_checks_on_synthetic_states():
     box = np.eye(3) * 3.0
     pos = np.array([[0.1, 0.1, 0.1], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
     ke = 0.5 * 3000 * 0.008314462618 * 300.0
-    assert mon(pos, box, 1.0, ke) is None
+    assert mon(pos, box, 1.0, ke) is None and mon.closest == float("inf")  # no pair within twice its floor
+    # The closest pair over its floor is exact below twice the floor, whatever the type pair: B-B at 0.44 nm
+    # (floor 0.40: 1.1) is closer than A-A at 0.36 nm (floor 0.24: 1.5), though it is the farther pair.
+    near = np.array([[0.5, 0.5, 0.5], [0.86, 0.5, 0.5], [2.0, 2.0, 2.0], [2.44, 2.0, 2.0]])
+    pair = Monitor(["A", "A", "B", "B"], ["A", "B"], [[0.3, 0.4], [0.4, 0.5]], 0.8, max_neighbors=8, cutoff=1.0,
+                   temperature=None, ndof=9, tolerance=0.2)
+    assert pair(near, box, 1.0, ke) is None and pair.closest == pytest.approx(1.1)
     assert mon(pos, box, float("nan"), ke)[0] == "non-finite"
     close = pos.copy()
     close[2] = [0.1, 0.1, 2.95]  # 0.15 nm from bead 0 across the periodic boundary; A-B floor 0.32 nm
