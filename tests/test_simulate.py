@@ -60,7 +60,7 @@ def test_monitor_checks_on_synthetic_states():
     ke = 0.5 * 3000 * 0.008314462618 * 300.0
     assert mon(pos, box, 1.0, ke) is None and mon.closest == float("inf")  # no pair within twice its floor
     # The closest pair over its floor is exact below twice the floor, whatever the type pair: B-B at 0.44 nm
-    # (floor 0.40: 1.1) is closer than A-A at 0.36 nm (floor 0.24: 1.5), though it is the farther pair.
+    # (1.1 x its floor 0.40) is nearer its floor than A-A at 0.36 nm (1.5 x 0.24), though farther apart.
     near = np.array([[0.5, 0.5, 0.5], [0.86, 0.5, 0.5], [2.0, 2.0, 2.0], [2.44, 2.0, 2.0]])
     pair = Monitor(["A", "A", "B", "B"], ["A", "B"], [[0.3, 0.4], [0.4, 0.5]], 0.8, max_neighbors=8, cutoff=1.0,
                    temperature=None, ndof=9, tolerance=0.2)
