@@ -118,9 +118,9 @@ def main():
     if not rows:
         raise SystemExit(f"no stable replica of seed {a.seed} has its trajectory under {study / 'runs'}: run this where "
                          "the study ran (trajectories are not committed); nothing written")
+    rows = {**rows, **kept}
     res = {"study": str(cfg["out"]), "seed": a.seed, "window_ps": a.window, "r_max_nm": r_max, "n_bins": a.n_bins,
-           "aa_window_floor": {"windows": floor, "mean": float(np.mean(floor))}, "rows": {**rows, **kept}}
-    rows = res["rows"]
+           "aa_window_floor": {"windows": floor, "mean": float(np.mean(floor))}, "rows": rows}
     record(out.with_suffix(".json"), res)
     print(f"AA {a.window:g} ps windows against the rest of the reference: {np.mean(floor):.3f} "
           f"({min(floor):.3f}-{max(floor):.3f})")
