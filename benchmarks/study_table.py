@@ -95,7 +95,9 @@ def speed_table():
     lines = ["## Speed (`benchmarks/student_speed.py`)", "",
              "Each student timed beside one teacher, the 8-teacher ensemble and the AA system of the same box in "
              "one run (CPU platform, 200 beads / 2100 atoms; CG at the largest timestep stable over 2 × 5 ps in "
-             "its scan, AA with HMR at 4 fs); ratios of ns/day within a run.", "",
+             "its scan, AA with HMR at 4 fs); ns/day are medians over rounds; the ratios to a teacher and to the "
+             "ensemble are medians of the per-round ratios (rounds interleave the models), so they differ a little "
+             "from the ratios of the median ns/day.", "",
              "| student | run | threads | CG timestep | student ns/day | one teacher | ensemble | AA | "
              "student vs teacher | vs ensemble | vs AA |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, path in SPEED.items():

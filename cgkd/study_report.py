@@ -14,7 +14,7 @@ def _stats(values):
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else None, len(values)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None, len(values)
 
 
 def _cell(stats, digits=3):
@@ -136,7 +136,7 @@ def markdown(result, plots=()):
     floor = result.get("noise_floor") or {}
     floor_rdf = [v for k, v in floor.items() if k.startswith("rdf ")]
     lines = ["# Distillation ablation", "",
-             "Mean ± standard deviation over seeds (each seed: its own student and CG replicas); RDF error "
+             "Mean ± sample standard deviation over seeds (each seed: its own student and CG replicas); RDF error "
              "∫|g−g_AA|dr/∫g_AA dr averaged over bead-type pairs, Jensen–Shannon divergences (bits) of the ADFs and "
              "CDFs averaged over triplets; stress: stable runs / runs, and the mean time to failure of those that "
              "failed; D_CG/D_AA: CG over AA diffusion coefficient, averaged over species. Lower errors are better.",
@@ -174,9 +174,10 @@ def plot_rdf_errors(result, path):
     floor = [v for k, v in (result.get("noise_floor") or {}).items() if k.startswith("rdf ")]
     if floor:
         ax.axhspan(0, np.mean(floor), color="tab:green", alpha=0.2, label="AA noise floor (half vs half)")
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper right")
+    ax.set_ylim(0, 1.08 * max(m + e for m, e in zip(means, errs)))
     ax.set_xticks(range(len(names)), [textwrap.fill(n, 18) for n in names], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("RDF error, mean over pairs")
+    ax.set_ylabel("RDF error, mean over pairs\n(bars: ± sample SD over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
