@@ -154,6 +154,7 @@ def cmd_study(args):
     import numpy as np
 
     from .study import Study, StudyConfig
+    from .study_report import seed_stats
 
     if not args.config:
         raise CgkdError("cgkd study: --config (a study YAML, e.g. benchmarks/ablation.yaml) is required")
@@ -161,9 +162,9 @@ def cmd_study(args):
     result = study.report() if args.report else study.run()
     for kind in ("variants", "references"):
         for name, seeds in result[kind].items():
-            rdf = [e.get("rdf_error_mean") for e in seeds if e.get("rdf_error_mean") is not None]
+            rdf = seed_stats([e.get("rdf_error_mean") for e in seeds])
             stable = [e["stable_fraction"] for e in seeds if e.get("stable_fraction") is not None]
-            print(f"{name}: RDF error {np.mean(rdf):.3f} +- {np.std(rdf):.3f} over {len(rdf)} seed(s); "
+            print(f"{name}: RDF error {rdf[0]:.3f} +- {rdf[1] or 0.0:.3f} over {rdf[2]} seed(s); "
                   f"stable {np.mean(stable):.2f}" if rdf else f"{name}: no comparison yet")
     out = Path(result["config"]["out"])
     print(f"cgkd study: results in {out / 'ablation.json'}; table and plot in {out / 'study.md'}")

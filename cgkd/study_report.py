@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _stats(values):
+def seed_stats(values):
+    """(mean, sample standard deviation or None for one value, count) of the values that are not None."""
     values = [v for v in values if v is not None]
     if not values:
         return None
@@ -41,19 +42,19 @@ def rows(result):
                            for e in es for k in e.get("stress", {})})
     for kind in ("variants", "references"):
         for name, entries in result[kind].items():
-            rdf[name] = _stats([e.get("rdf_error_mean") for e in entries])
+            rdf[name] = seed_stats([e.get("rdf_error_mean") for e in entries])
             ratio = [float(np.mean(list(e["time_rescaling_D_cg_over_aa"].values())))
                      for e in entries if e.get("time_rescaling_D_cg_over_aa")]
             table[name] = {
                 "seeds compared": f"{sum(e.get('rdf_error_mean') is not None for e in entries)}/{len(entries)}",
-                "test force RMSE vs mapped": _cell(_stats([e.get("test_force_rmse") for e in entries]), 4),
+                "test force RMSE vs mapped": _cell(seed_stats([e.get("test_force_rmse") for e in entries]), 4),
                 "RDF error (mean of pairs)": _cell(rdf[name]),
-                "ADF JS": _cell(_stats([e.get("adf_js_mean") for e in entries])),
-                "CDF JS": _cell(_stats([e.get("cdf_js_mean") for e in entries])),
-                "stable (default runs)": _cell(_stats([e.get("stable_fraction") for e in entries]), 2),
+                "ADF JS": _cell(seed_stats([e.get("adf_js_mean") for e in entries])),
+                "CDF JS": _cell(seed_stats([e.get("cdf_js_mean") for e in entries])),
+                "stable (default runs)": _cell(seed_stats([e.get("stable_fraction") for e in entries]), 2),
                 **{f"stress {s}": _stress(entries, s) for s in stress_names},
-                "D_CG/D_AA": _cell(_stats(ratio)),
-                "ns/day": _cell(_stats([e.get("ns_per_day") for e in entries])),
+                "D_CG/D_AA": _cell(seed_stats(ratio)),
+                "ns/day": _cell(seed_stats([e.get("ns_per_day") for e in entries])),
             }
     return table, rdf
 
@@ -126,7 +127,7 @@ def _diffusion_lines(result):
         for name, entries in result[kind].items():
             ratios = [e["time_rescaling_D_cg_over_aa"] for e in entries if e.get("time_rescaling_D_cg_over_aa")]
             if ratios:
-                lines.append(f"| {name} | " + " | ".join(_cell(_stats([r.get(t) for r in ratios])) for t in species)
+                lines.append(f"| {name} | " + " | ".join(_cell(seed_stats([r.get(t) for r in ratios])) for t in species)
                              + " |")
     return lines + [""]
 
