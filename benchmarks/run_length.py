@@ -111,13 +111,13 @@ def main():
         print(f"{name}: {len(per_replica)} stable replicas; {a.window:g} ps windows "
               f"{', '.join(f'{e:.3f}' for e in rows[name]['window_mean'])}; whole runs "
               f"{rows[name]['whole_run_mean']:.3f}", flush=True)
+    if not rows:
+        raise SystemExit(f"no stable replica of seed {a.seed} has its trajectory under {study / 'runs'}: run this where "
+                         "the study ran (trajectories are not committed); nothing written")
     out = RESULTS / f"run_length_seed{a.seed}"
     kept = previous_rows(out.with_suffix(".json"), a.window, a.n_bins, set(rows))
     if kept:
         print(f"kept from the previous record (trajectories not here): {', '.join(kept)}", flush=True)
-    if not rows:
-        raise SystemExit(f"no stable replica of seed {a.seed} has its trajectory under {study / 'runs'}: run this where "
-                         "the study ran (trajectories are not committed); nothing written")
     rows = {**rows, **kept}
     res = {"study": str(cfg["out"]), "seed": a.seed, "window_ps": a.window, "r_max_nm": r_max, "n_bins": a.n_bins,
            "aa_window_floor": {"windows": floor, "mean": float(np.mean(floor))}, "rows": rows}
